@@ -1,0 +1,64 @@
+"""The MHEX+ head (EU-Nets, Sun & Lio, sec. 3.2)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+__all__ = ["MHEXPlus"]
+
+
+class MHEXPlus(nn.Module):
+    """
+    MHEX+ head attached to one decoder stage of an EU-Net:
+
+    .. code-block:: text
+
+        Y          = ReLU(Conv1(X))        # 1x1 conv, no bias
+        Y_attended = sigmoid(Y) * Y        # self-gate; replaces X on the decoder path
+        prediction = Conv2(Y)              # 1x1 conv, no bias: the stage's deep prediction
+
+    Both convolutions are bias-free, so the two linear maps compose into the *equivalent kernel*
+    ``W_equiv = W2 @ W1`` (sec. 3.3), see :py:meth:`equivalent_kernel`.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels C of the decoder-stage features X.
+        out_channels: number of classes of the deep prediction.
+
+    Examples::
+
+        >>> head = MHEXPlus(spatial_dims=2, in_channels=32, out_channels=2)
+        >>> gated, hidden, pred = head(torch.rand(1, 32, 64, 64))
+        >>> gated.shape, pred.shape
+        (torch.Size([1, 32, 64, 64]), torch.Size([1, 2, 64, 64]))
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        # Conv1 is C x C so that the gated features can replace X on the main decoder path.
+        self.conv1 = conv_type(in_channels, in_channels, kernel_size=1, bias=False)
+        self.conv2 = conv_type(in_channels, out_channels, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: decoder-stage features, shape (B, C, *spatial).
+
+        Returns:
+            ``(gated, hidden, prediction)``: sigmoid(Y) * Y and Y, both (B, C, *spatial), and the deep
+            prediction Conv2(Y), (B, out_channels, *spatial).
+        """
+        hidden = torch.relu(self.conv1(x))
+        gated = torch.sigmoid(hidden) * hidden
+        return gated, hidden, self.conv2(hidden)
+
+    def equivalent_kernel(self) -> torch.Tensor:
+        """
+        ``W_equiv[c, i] = sum_j W2[c, j] * W1[j, i]`` (sec. 3.3), shape (out_channels, in_channels).
+        """
+        w1 = self.conv1.weight.flatten(1)  # (C, C): 1x1 kernels
+        w2 = self.conv2.weight.flatten(1)  # (K, C)
+        return w2 @ w1
