@@ -146,9 +146,10 @@ class EUNetBase(nn.Module, ABC):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a one-line ``ValueError`` for an input this network cannot take."""
         if x.ndim != self.spatial_dims + 2:
+            axes = ", ".join("HWD"[: self.spatial_dims])
             raise ValueError(
-                f"{type(self).__name__} is {self.spatial_dims}D and expects (B, C, {', '.join('HWD'[: self.spatial_dims])})"
-                f" input, got shape {tuple(x.shape)}."
+                f"{type(self).__name__} is {self.spatial_dims}D and expects (B, C, {axes}) input, "
+                f"got shape {tuple(x.shape)}."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
