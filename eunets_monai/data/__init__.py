@@ -1,0 +1,1 @@
+"""MSD datalists, splits and MONAI transform presets per task."""

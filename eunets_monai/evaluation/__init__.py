@@ -1,0 +1,1 @@
+"""Agreement and usefulness metrics for uncertainty maps."""

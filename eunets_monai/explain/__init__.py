@@ -1,0 +1,1 @@
+"""Explanations: equivalent-kernel CAMs of the MHEX+ heads, and Grad-CAM for segmentation as the baseline."""

@@ -1,0 +1,1 @@
+"""Inference: the explained predictor for sliding-window inference and batch NIfTI inference."""
