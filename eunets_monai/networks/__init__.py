@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from eunets_monai.networks.blocks.mhex import MHEXPlus
-from eunets_monai.networks.nets import EUNet, EUNetBase, EUNetOutputs, HeadOutputs, UNet
+from eunets_monai.networks.nets import (
+    AHFEUNet,
+    AHFUNet,
+    EUNet,
+    EUNetBase,
+    EUNetOutputs,
+    EUNetPlusPlus,
+    HeadOutputs,
+    UNet,
+    UNetPlusPlus,
+)
 
 # Architecture name -> class; ``mhex`` picks the EU variant or its plain baseline.
 NETWORKS: dict[str, type[EUNetBase]] = {
     "unet": UNet,
+    "unetplusplus": UNetPlusPlus,
+    "ahf_unet": AHFUNet,
 }
 
 
@@ -30,4 +42,17 @@ def get_network(name: str, **kwargs) -> EUNetBase:
     return cls(**kwargs)
 
 
-__all__ = ["NETWORKS", "get_network", "MHEXPlus", "EUNetBase", "EUNetOutputs", "HeadOutputs", "UNet", "EUNet"]
+__all__ = [
+    "NETWORKS",
+    "get_network",
+    "MHEXPlus",
+    "EUNetBase",
+    "EUNetOutputs",
+    "HeadOutputs",
+    "UNet",
+    "EUNet",
+    "UNetPlusPlus",
+    "EUNetPlusPlus",
+    "AHFUNet",
+    "AHFEUNet",
+]
