@@ -93,7 +93,9 @@ class EUNetBase(nn.Module, ABC):
     - :py:meth:`forward_explained`: logits plus every head's input features, hidden map and deep prediction.
 
     Inputs of any spatial size are accepted: they are padded (symmetrically, with zeros) up to a multiple of
-    :py:attr:`size_divisor` and the outputs cropped back.
+    :py:attr:`size_divisor` and the outputs cropped back. The padding is computed in Python, so a
+    ``torch.jit.trace`` export is fixed to the traced input size: trace at the size you deploy, the sliding-window
+    ROI (which every window has, since MONAI's inferers pad smaller images up to it).
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
