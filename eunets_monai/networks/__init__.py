@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from eunets_monai.networks.blocks.mhex import MHEXPlus
 from eunets_monai.networks.nets import (
+    EFEN,
+    EUEFEN,
     AHFEUNet,
     AHFUNet,
     EUNet,
     EUNetBase,
     EUNetOutputs,
     EUNetPlusPlus,
+    EUNetTransformer,
     HeadOutputs,
     UNet,
     UNetPlusPlus,
+    UNetTransformer,
 )
 
 # Architecture name -> class; ``mhex`` picks the EU variant or its plain baseline.
@@ -20,6 +24,8 @@ NETWORKS: dict[str, type[EUNetBase]] = {
     "unet": UNet,
     "unetplusplus": UNetPlusPlus,
     "ahf_unet": AHFUNet,
+    "unet_transformer": UNetTransformer,
+    "efen": EFEN,
 }
 
 
@@ -55,4 +61,8 @@ __all__ = [
     "EUNetPlusPlus",
     "AHFUNet",
     "AHFEUNet",
+    "UNetTransformer",
+    "EUNetTransformer",
+    "EFEN",
+    "EUEFEN",
 ]
