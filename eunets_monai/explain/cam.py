@@ -21,37 +21,9 @@ import torch.nn.functional as F
 from eunets_monai.networks.blocks.mhex import MHEXPlus
 from eunets_monai.networks.nets.base import EUNetOutputs
 
-__all__ = ["equivalent_kernel", "head_cam", "stage_cams", "mhex_cam", "minmax_normalize", "NORMALIZATIONS"]
+__all__ = ["head_cam", "stage_cams", "mhex_cam", "minmax_normalize", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("minmax", "none")
-
-
-def equivalent_kernel(head: MHEXPlus) -> torch.Tensor:
-    """
-    Compose a head's Conv2 into its Conv1: ``W_equiv[c] = sum_j W2[c, j] * W1[j]``.
-
-    Written for any Conv1 kernel size, so a k x k Conv1 yields a real k x k equivalent kernel. Conv2 must be 1x1
-    (a pointwise map commutes with the spatial kernel; a spatial Conv2 would need a full kernel convolution) and
-    Conv1 ungrouped.
-
-    Args:
-        head: an :py:class:`MHEXPlus` (or any module with ``conv1`` and ``conv2`` convolutions).
-
-    Returns:
-        (K, C_in, *kernel_size); for the 1x1 heads here, the :py:meth:`MHEXPlus.equivalent_kernel` matrix with
-        trailing singleton dims.
-
-    Examples::
-
-        >>> equivalent_kernel(MHEXPlus(2, 8, 3)).shape
-        torch.Size([3, 8, 1, 1])
-    """
-    w1, w2 = head.conv1.weight, head.conv2.weight  # (C, C_in, *k), (K, C, 1, ...)
-    if any(s != 1 for s in w2.shape[2:]):
-        raise ValueError(f"equivalent_kernel needs a 1x1 Conv2, got kernel size {tuple(w2.shape[2:])}.")
-    if head.conv1.groups != 1:
-        raise ValueError(f"equivalent_kernel needs an ungrouped Conv1, got groups={head.conv1.groups}.")
-    return torch.einsum("kj,j...->k...", w2.flatten(1), w1)
 
 
 def head_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:
@@ -66,7 +38,7 @@ def head_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, K, *S_l) (the stage grid, for the 1x1 heads here).
     """
-    weight = equivalent_kernel(head)
+    weight = head.equivalent_kernel()
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[features.ndim - 2]
     c1 = head.conv1
     if isinstance(c1.padding, str) or c1.padding_mode != "zeros":

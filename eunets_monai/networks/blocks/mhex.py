@@ -57,8 +57,17 @@ class MHEXPlus(nn.Module):
 
     def equivalent_kernel(self) -> torch.Tensor:
         """
-        ``W_equiv[c, i] = sum_j W2[c, j] * W1[j, i]`` (sec. 3.3), shape (out_channels, in_channels).
+        Compose Conv2 into Conv1: ``W_equiv[c] = sum_j W2[c, j] * W1[j]`` (sec. 3.3).
+
+        Written for any Conv1 kernel size, so a k x k Conv1 would give a real k x k equivalent kernel. Conv2 must
+        be 1x1 (a pointwise map commutes with the spatial kernel) and Conv1 ungrouped.
+
+        Returns:
+            (out_channels, in_channels, *kernel_size): (K, C, 1, 1) or (K, C, 1, 1, 1) for the 1x1 heads here.
         """
-        w1 = self.conv1.weight.flatten(1)  # (C, C): 1x1 kernels
-        w2 = self.conv2.weight.flatten(1)  # (K, C)
-        return w2 @ w1
+        w1, w2 = self.conv1.weight, self.conv2.weight  # (C, C_in, *k), (K, C, 1, ...)
+        if any(s != 1 for s in w2.shape[2:]):
+            raise ValueError(f"equivalent_kernel needs a 1x1 Conv2, got kernel size {tuple(w2.shape[2:])}.")
+        if self.conv1.groups != 1:
+            raise ValueError(f"equivalent_kernel needs an ungrouped Conv1, got groups={self.conv1.groups}.")
+        return torch.einsum("kj,j...->k...", w2.flatten(1), w1)

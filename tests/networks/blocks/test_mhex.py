@@ -32,4 +32,4 @@ def test_no_biases_and_equivalent_kernel():
     for c in range(3):
         for i in range(4):
             expected[c, i] = sum(w2[c, j] * w1[j, i] for j in range(4))
-    torch.testing.assert_close(head.equivalent_kernel(), expected)
+    torch.testing.assert_close(head.equivalent_kernel(), expected.reshape(3, 4, 1, 1))
