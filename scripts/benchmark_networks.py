@@ -32,6 +32,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     parser.add_argument("--out-channels", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per variant (after 2 warm-ups)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
     return parser.parse_args()
@@ -111,6 +112,8 @@ def benchmark(name: str, args: argparse.Namespace, device: torch.device) -> dict
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = False
     device = torch.device(args.device)
     setting = (
