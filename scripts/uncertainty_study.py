@@ -97,7 +97,7 @@ class StudyConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     dropout: float = 0.1
     members: int = 5
-    iterations: int = 80
+    iterations: int = 1500
     batch_volumes: int = 2
     samples_per_volume: int = 1
     patch: tuple[int, int, int] = (24, 24, 24)

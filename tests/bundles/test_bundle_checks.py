@@ -1,0 +1,96 @@
+"""
+MONAI's own bundle checks for every bundle, offline: ``verify_metadata`` against the schema shipped in
+``bundles/_shared``, ``verify_net_in_out`` and ``ckpt_export`` (TorchScript by tracing: the EU-Net forward is
+Python control flow over heads, which ``torch.jit.script`` does not take).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+from tests.bundles.helpers import SAMPLE, SCHEMA, bundle_params, cli, configs
+
+# Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 instead of the 96^3 patch of
+# metadata.json (2 CPU cores).
+NET = {"network_def#channels": [8, 16, 32, 64]}
+NET_IO = {**NET, "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32]}
+
+
+@pytest.mark.parametrize("bundle", bundle_params())
+def test_verify_metadata(bundle):
+    verify_metadata(meta_file=str(configs(bundle) / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((configs(bundle) / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["channel_def"] == {"0": "image"}
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "spleen"}
+    assert {"version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task"} <= set(meta)
+
+
+def test_verify_metadata_cli_offline_and_rejects_a_broken_file(tmp_path):
+    meta = configs("eunet_spleen") / "metadata.json"
+    ok = cli(["verify_metadata", "--meta_file", meta, "--filepath", SCHEMA], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    broken = json.loads(meta.read_text())
+    del broken["network_data_format"]
+    bad_file = tmp_path / "metadata.json"
+    bad_file.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="network_data_format"):
+        verify_metadata(meta_file=str(bad_file), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("bundle", bundle_params())
+def test_verify_net_in_out(bundle):
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs(bundle) / "metadata.json"),
+        config_file=str(configs(bundle) / "inference.json"),
+        **NET_IO,
+    )
+
+
+@pytest.mark.parametrize("bundle", bundle_params())
+def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
+    inference = str(configs(bundle) / "inference.json")
+    parser = ConfigParser()
+    parser.read_config(inference)
+    parser.update(NET)
+    net = parser.get_parsed_content("network_def")
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-trivial weights and BatchNorm statistics
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    ts = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=str(configs(bundle) / "metadata.json"),
+        config_file=inference,
+        use_trace=True,
+        input_shape=[1, 1, 16, 16, 16],
+        **NET,
+    )
+    exported = torch.jit.load(str(ts))
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = net.eval()(x)
+        got = exported(x)
+    assert got.shape == (1, 2, 16, 16, 16)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_out_channels_follow_the_task_preset():
+    parser = ConfigParser()
+    parser.read_config(str(configs("eunet_spleen") / "inference.json"))
+    parser.update({"task": "hippocampus", "dataset_dir": str(SAMPLE), "network_def#channels": [8, 16]})
+    net = parser.get_parsed_content("network_def")
+    assert net.out_channels == 3 and net.spatial_dims == 3 and net.heads is not None
+    parser.update({"mhex": False, "spatial_dims": 2})
+    plain = parser.get_parsed_content("network_def", lazy=False)
+    assert plain.heads is None and plain.spatial_dims == 2
