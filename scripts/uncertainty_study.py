@@ -508,9 +508,8 @@ def write_markdown(path: Path, cfg: StudyConfig, info: dict, s: dict, ex: dict, 
         f"- Models: {cfg.members} 3D EU-Nets, channels {cfg.channels}, dropout {cfg.dropout}, seeds "
         f"{cfg.seed}..{cfg.seed + cfg.members - 1}; each trained {cfg.iterations} Adam steps (lr {cfg.lr}) on "
         f"{cfg.batch_volumes}x{cfg.samples_per_volume} random {cfg.patch} patches, DiceCE + MHEX+ deep supervision, "
-        "presets' augmentation. These are short CPU trainings: the Dice below is far from a converged model's ~0.89, "
-        "so there are many errors to detect, which is what this study needs, but absolute numbers are not comparable "
-        "to a converged model's.",
+        "presets' augmentation. These are short CPU trainings (minutes each, not the paper's 50-epoch recipe) of "
+        "small networks; the numbers describe these models, not converged or full-width ones.",
         "- The single model is member 0 (all single-model methods use it); the deep ensemble is members 0..N-1 "
         "(it contains the single model, as a deployed ensemble would). MC dropout samples member 0's dropout "
         f"(T = {cfg.mc_samples}, batch norm in eval); TTA averages all 8 flips, un-flipped.",
