@@ -4,7 +4,7 @@ subset (the paper's 2D setting: axial slices, small widths), then run the bundle
 held-back cases and write, per case, the segmentation mask, the equivalent-kernel CAMs and the uncertainty map as
 NIfTI files on the input's grid. Prints the held-back Dice and the outputs folder.
 
-    python scripts/quickstart.py [--output_dir outputs/quickstart] [--epochs 15]
+    python scripts/quickstart.py [--output_dir outputs/quickstart] [--epochs 80]
 
 Both steps are plain ``python -m monai.bundle run`` commands (printed before they run), so they can be repeated
 or changed by hand.
@@ -75,7 +75,7 @@ def held_back_dice(pred_dir: Path) -> list[tuple[str, float, bool]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints, logs and NIfTIs go")
-    parser.add_argument("--epochs", type=int, default=15, help="training epochs (5 iterations of 32 slices each)")
+    parser.add_argument("--epochs", type=int, default=80, help="training epochs (5 iterations of 32 slices each)")
     parser.add_argument("--bundle", default="eunet_spleen", help="bundle folder under bundles/")
     args = parser.parse_args()
     out = Path(args.output_dir).resolve()
