@@ -27,7 +27,9 @@ from monai.data.image_writer import NibabelWriter
 from monai.transforms import Compose
 from torch import nn
 
+from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
+from eunets_monai.inference.explained import ExplainedPredictor
 
 __all__ = [
     "BatchInference",
@@ -236,17 +238,12 @@ class BatchInference:
         k = self.network.out_channels
         heads = getattr(self.network, "heads", None)
         if (self.cam or (self.uncertainty is not None and heads is not None and len(heads) >= 2)) and heads:
-            try:
-                from eunets_monai.inference.explained import ExplainedPredictor
-            except ImportError:  # the explanation code is optional here: masks only without it
-                logger.warning("eunets_monai.inference.explained is not available: writing masks only.")
-            else:
-                uncertainty = self.uncertainty
-                if uncertainty is not None and len(self.network.heads) < 2:
-                    logger.warning("the collaboration-gradient uncertainty needs >= 2 MHEX+ heads: writing no map.")
-                    uncertainty = None
-                predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty)
-                return predictor, dict(predictor.channel_slices)
+            uncertainty = self.uncertainty
+            if uncertainty is not None and len(heads) < 2:
+                logger.warning("the collaboration-gradient uncertainty needs >= 2 MHEX+ heads: writing no map.")
+                uncertainty = None
+            predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty)
+            return predictor, dict(predictor.channel_slices)
         return self.network, {"logits": slice(0, k)}
 
     def __call__(self, source: str | os.PathLike | Sequence) -> BatchResult:
@@ -310,8 +307,4 @@ class BatchInference:
 
 
 def _one_line_error(e: BaseException) -> str:
-    try:
-        from eunets_monai.data.checks import error_summary
-    except ImportError:
-        return " ".join(f"{type(e).__name__}: {e}".split())[:500]
     return error_summary(e)[:500]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
@@ -32,28 +29,6 @@ TINY = {
     "num_workers": 0,
     "cache_rate": 1.0,
 }
-
-
-def network_available(bundle: str) -> bool:
-    """Whether the bundle's network module exists yet (other engineers are still adding some)."""
-    module = NETWORK_TARGETS[bundle].rsplit(".", 1)[0]
-    return importlib.util.find_spec(module) is not None
-
-
-def require_network(bundle: str) -> None:
-    if not network_available(bundle):
-        pytest.skip(f"{NETWORK_TARGETS[bundle]} does not exist yet: its module has not landed in eunets_monai.")
-
-
-def bundle_params():
-    """pytest params over every bundle, marked to skip while its network module does not exist."""
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.skipif(not network_available(name), reason=f"{NETWORK_TARGETS[name]} does not exist yet"),
-        )
-        for name in BUNDLE_NAMES
-    ]
 
 
 def configs(bundle: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from tests.bundles.helpers import SAMPLE, SCHEMA, bundle_params, cli, configs
+from tests.bundles.helpers import BUNDLE_NAMES, SAMPLE, SCHEMA, cli, configs
 
 # Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 instead of the 96^3 patch of
 # metadata.json (2 CPU cores).
@@ -20,7 +20,7 @@ NET = {"network_def#channels": [8, 16, 32, 64]}
 NET_IO = {**NET, "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32]}
 
 
-@pytest.mark.parametrize("bundle", bundle_params())
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_verify_metadata(bundle):
     verify_metadata(meta_file=str(configs(bundle) / "metadata.json"), filepath=str(SCHEMA))
     meta = json.loads((configs(bundle) / "metadata.json").read_text())
@@ -42,7 +42,7 @@ def test_verify_metadata_cli_offline_and_rejects_a_broken_file(tmp_path):
         verify_metadata(meta_file=str(bad_file), filepath=str(SCHEMA))
 
 
-@pytest.mark.parametrize("bundle", bundle_params())
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_verify_net_in_out(bundle):
     verify_net_in_out(
         net_id="network_def",
@@ -52,7 +52,7 @@ def test_verify_net_in_out(bundle):
     )
 
 
-@pytest.mark.parametrize("bundle", bundle_params())
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
     inference = str(configs(bundle) / "inference.json")
     parser = ConfigParser()
