@@ -1,1 +1,57 @@
 """MSD datalists, splits and MONAI transform presets per task."""
+
+from __future__ import annotations
+
+from eunets_monai.data.checks import (
+    CheckedLoadImaged,
+    CheckFinited,
+    CheckShaped,
+    DataError,
+    RoundLabelsd,
+    error_summary,
+    source_name,
+)
+from eunets_monai.data.datalists import (
+    MSD_TASKS,
+    MSDDownloadError,
+    download_msd,
+    holdout_split,
+    kfold_split,
+    msd_datalist,
+    msd_task_name,
+)
+from eunets_monai.data.presets import (
+    STAGES,
+    TASKS,
+    TaskPreset,
+    get_inferer,
+    get_invertd,
+    get_postprocessing,
+    get_task,
+    get_transforms,
+)
+
+__all__ = [
+    "MSD_TASKS",
+    "MSDDownloadError",
+    "msd_task_name",
+    "msd_datalist",
+    "download_msd",
+    "kfold_split",
+    "holdout_split",
+    "TaskPreset",
+    "TASKS",
+    "STAGES",
+    "get_task",
+    "get_transforms",
+    "get_inferer",
+    "get_invertd",
+    "get_postprocessing",
+    "DataError",
+    "CheckedLoadImaged",
+    "CheckShaped",
+    "CheckFinited",
+    "RoundLabelsd",
+    "source_name",
+    "error_summary",
+]
