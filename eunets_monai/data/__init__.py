@@ -12,13 +12,17 @@ from eunets_monai.data.checks import (
     source_name,
 )
 from eunets_monai.data.datalists import (
+    DATA_ENV,
+    HIPPOCAMPUS_SAMPLE,
     MSD_TASKS,
     MSDDownloadError,
+    default_data_root,
     download_msd,
     holdout_split,
     kfold_split,
     msd_datalist,
     msd_task_name,
+    resolve_task_dir,
 )
 from eunets_monai.data.presets import (
     STAGES,
@@ -37,6 +41,10 @@ __all__ = [
     "msd_task_name",
     "msd_datalist",
     "download_msd",
+    "DATA_ENV",
+    "HIPPOCAMPUS_SAMPLE",
+    "default_data_root",
+    "resolve_task_dir",
     "kfold_split",
     "holdout_split",
     "TaskPreset",

@@ -8,6 +8,7 @@ A datalist is MONAI's usual list of dicts, e.g. ``[{"image": "/abs/img.nii.gz", 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -23,6 +24,10 @@ from monai.data import load_decathlon_datalist
 __all__ = [
     "MSD_TASKS",
     "MSDDownloadError",
+    "DATA_ENV",
+    "HIPPOCAMPUS_SAMPLE",
+    "default_data_root",
+    "resolve_task_dir",
     "msd_task_name",
     "msd_datalist",
     "download_msd",
@@ -38,6 +43,12 @@ MSD_TASKS: dict[str, str] = {
 }
 
 MSD_HOME = "http://medicaldecathlon.com/"
+
+# Where users keep (or let us download) MSD task folders: $EUNETS_DATA, else a per-user cache folder.
+DATA_ENV = "EUNETS_DATA"
+
+# The real MSD Task04 subset shipped in the package (CC-BY-SA 4.0): the offline default of the quick paths.
+HIPPOCAMPUS_SAMPLE = Path(__file__).resolve().parent / "sample" / "hippocampus"
 
 
 class MSDDownloadError(RuntimeError):
@@ -85,7 +96,7 @@ def msd_datalist(data_dir: str | Path, section: str = "training") -> list[dict]:
 
     Examples::
 
-        train_files = msd_datalist("../shared/data/Task04_Hippocampus")
+        train_files = msd_datalist("/data/Task04_Hippocampus")
     """
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
@@ -173,6 +184,65 @@ def download_msd(task: str, root_dir: str | Path, progress: bool = True, timeout
             f"and extract it so that {task_dir / 'dataset.json'} exists."
         ) from None
     return task_dir
+
+
+def default_data_root() -> Path:
+    """
+    The folder that holds the MSD task folders when no ``--data-dir`` is given: ``$EUNETS_DATA`` if set, else
+    ``$XDG_CACHE_HOME/eunets_monai`` (``~/.cache/eunets_monai``), which :func:`download_msd` fills on first use.
+
+    Examples::
+
+        root = default_data_root()  # e.g. /home/me/.cache/eunets_monai
+    """
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser().resolve()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return (cache / "eunets_monai").resolve()
+
+
+def resolve_task_dir(task: str, data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """
+    The MSD task folder a script or bundle should read, from what the user has.
+
+    - ``data_dir`` given: that folder if it holds ``dataset.json``, else ``data_dir / <MSD name>`` if that does
+      (so both ``/data/Task04_Hippocampus`` and ``/data`` work).
+    - ``data_dir`` not given: ``default_data_root() / <MSD name>``, downloaded there by :func:`download_msd` (with a
+      progress bar) on first use when ``download`` is true.
+
+    Args:
+        task: short name ("spleen", "heart", "hippocampus") or MSD name ("Task09_Spleen", ...).
+        data_dir: a task folder or a folder of task folders; ``None`` for the default root.
+        download: fetch the MSD archive into the default root when it is missing there.
+
+    Returns:
+        the task folder, holding ``dataset.json``.
+
+    Raises:
+        FileNotFoundError: one line naming where the data was looked for and how to get it.
+        MSDDownloadError: the download was needed and failed.
+
+    Examples::
+
+        task_dir = resolve_task_dir("hippocampus", "/data")  # -> /data/Task04_Hippocampus
+    """
+    name = msd_task_name(task)
+    if data_dir is not None:
+        given = Path(data_dir).expanduser().resolve()
+        for candidate in (given, given / name):
+            if (candidate / "dataset.json").is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"no MSD dataset.json in {given} or {given / name}; {_how_to_get(given / name)}."
+        )
+    root = default_data_root()
+    if (root / name / "dataset.json").is_file() or not download:
+        if not (root / name / "dataset.json").is_file():
+            raise FileNotFoundError(
+                f"MSD data not found: {root / name}; pass --data-dir, set ${DATA_ENV}, or {_how_to_get(root / name)}."
+            )
+        return root / name
+    return download_msd(name, root)
 
 
 def _check_datalist(datalist: Sequence, n_min: int, what: str) -> None:
