@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.fixtures import HIPPOCAMPUS
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
 SCHEMA = BUNDLES / "_shared" / "meta_schema_20240725.json"
-SAMPLE = REPO / "eunets_monai" / "data" / "sample" / "hippocampus"
-SHARED_DATA = REPO / ".." / "shared" / "data"
+SAMPLE = HIPPOCAMPUS
 
 sys.path.insert(0, str(REPO / "scripts"))
 import generate_bundles  # noqa: E402

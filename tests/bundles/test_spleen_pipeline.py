@@ -1,6 +1,6 @@
 """
-The spleen CT pipeline through the bundle on one real CT (../shared/data/ct_spleen_sample; its mask is automatic,
-so no accuracy is measured): a few training iterations with HU windowing, 1.5x1.5x2 mm resampling and patch
+The spleen CT pipeline through the bundle on one real CT (the in-repo fixture tests/fixtures/ct_spleen_sample;
+its mask is automatic, so no accuracy is measured): a few training iterations with HU windowing, 1.5x1.5x2 mm resampling and patch
 sampling, then inference.json writing a mask on the CT's own grid.
 """
 
@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-from tests.bundles.helpers import SHARED_DATA, cli, configs, overrides
+from tests.bundles.helpers import cli, configs, overrides
+from tests.fixtures import CT_SAMPLE as CT
 
 BUNDLE = "eunet_spleen"
-CT = SHARED_DATA / "ct_spleen_sample"
 SMALL = {"channels": "[4, 8]", "num_workers": 0}  # the resampled CT has 8M voxels: keep the net tiny
 
 
-@pytest.mark.skipif(not (CT / "dataset.json").is_file(), reason=f"{CT} is not there")
 def test_spleen_ct_train_and_infer(tmp_path):
     train_args = {
         "dataset_dir": CT,

@@ -11,16 +11,19 @@ from monai.apps import DecathlonDataset
 
 from eunets_monai.data import datalists
 from eunets_monai.data.datalists import (
+    DATA_ENV,
     MSDDownloadError,
+    default_data_root,
     download_msd,
     holdout_split,
     kfold_split,
     msd_datalist,
     msd_task_name,
+    resolve_task_dir,
 )
+from tests.fixtures import HIPPOCAMPUS
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-HIPPO = DATA / "Task04_Hippocampus"
+HIPPO = HIPPOCAMPUS  # the embedded real MSD Task04 subset: an MSD folder with training and test sections
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -29,20 +32,20 @@ def one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
-# --- msd_datalist on the real MSD Task04 folder -------------------------------------------------------------
+# --- msd_datalist on a real MSD Task04 folder (the embedded subset) --------------------------------------------
 
 
 def test_msd_datalist_hippocampus():
     dl = msd_datalist(HIPPO)
     listed = json.loads((HIPPO / "dataset.json").read_text())["training"]
-    assert len(dl) == len(listed) == 208
+    assert len(dl) == len(listed) == 12
     for item, raw in zip(dl, listed):
         assert Path(item["image"]).is_absolute() and Path(item["image"]).is_file()
         assert Path(item["label"]).is_file()
         assert Path(item["image"]).name == Path(raw["image"]).name
         assert Path(item["label"]).name == Path(raw["label"]).name
     test = msd_datalist(HIPPO, section="test")
-    assert len(test) == 130 and all(set(d) == {"image"} for d in test)
+    assert len(test) == 4 and all(Path(d["image"]).is_file() for d in test)
 
 
 def test_msd_datalist_missing_dir(tmp_path):
@@ -98,12 +101,13 @@ def test_task_names():
         msd_task_name("liverx")
 
 
-def test_download_msd_existing_folder_is_used(monkeypatch):
+def test_download_msd_existing_folder_is_used(tmp_path, monkeypatch):
     def no_network(*a, **k):
         raise AssertionError("download attempted although the data is there")
 
     monkeypatch.setattr(datalists, "download_url", no_network)
-    assert download_msd("hippocampus", DATA) == HIPPO.resolve()
+    (tmp_path / "Task04_Hippocampus").symlink_to(HIPPO, target_is_directory=True)
+    assert download_msd("hippocampus", tmp_path) == tmp_path.resolve() / "Task04_Hippocampus"
 
 
 def test_download_msd_offline_urlerror(tmp_path, monkeypatch):
@@ -227,3 +231,40 @@ def test_holdout_split_bad_arguments():
     with pytest.raises(ValueError, match="at least 3"):
         holdout_split([1, 2], (0.8, 0.1, 0.1))
     assert holdout_split(list(range(10)), (0.9, 0.1, 0.0))[2] == []
+
+
+# --- where scripts look for data: what the user has, never this repository's neighbours --------------------------
+
+
+def test_default_data_root_env_then_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "mine"))
+    assert default_data_root() == (tmp_path / "mine").resolve()
+    monkeypatch.delenv(DATA_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_data_root() == (tmp_path / "cache" / "eunets_monai").resolve()
+
+
+def test_resolve_task_dir_given_folder_or_parent(tmp_path):
+    assert resolve_task_dir("hippocampus", HIPPO) == HIPPO.resolve()
+    (tmp_path / "Task04_Hippocampus").symlink_to(HIPPO, target_is_directory=True)
+    assert resolve_task_dir("hippocampus", tmp_path) == tmp_path.resolve() / "Task04_Hippocampus"
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_task_dir("spleen", tmp_path)
+    assert "Task09_Spleen" in one_line(e) and "dataset.json" in one_line(e)
+
+
+def test_resolve_task_dir_default_root_downloads_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    calls = []
+
+    def fake_download(name, root):
+        calls.append((name, root))
+        (root / name).symlink_to(HIPPO, target_is_directory=True)
+        return root / name
+
+    monkeypatch.setattr(datalists, "download_msd", fake_download)
+    with pytest.raises(FileNotFoundError, match=DATA_ENV):
+        resolve_task_dir("hippocampus", download=False)
+    assert resolve_task_dir("hippocampus") == tmp_path.resolve() / "Task04_Hippocampus"
+    assert resolve_task_dir("hippocampus") == tmp_path.resolve() / "Task04_Hippocampus"
+    assert calls == [("Task04_Hippocampus", tmp_path.resolve())]

@@ -18,12 +18,12 @@ from eunets_monai.data.checks import DataError, error_summary
 from eunets_monai.data.datalists import msd_datalist
 from eunets_monai.data.presets import TASKS, get_inferer, get_postprocessing, get_task, get_transforms
 from eunets_monai.networks.nets.unet import EUNet, UNet
+from tests.fixtures import CT_SAMPLE, HIPPOCAMPUS, SPLEEN_LABELS
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-HIPPO = DATA / "Task04_Hippocampus"
+HIPPO = HIPPOCAMPUS
 CT = {
-    "image": str(DATA / "ct_spleen_sample" / "imagesTr" / "example_ct.nii.gz"),
-    "label": str(DATA / "ct_spleen_sample" / "labelsTr" / "example_ct.nii.gz"),
+    "image": str(CT_SAMPLE / "imagesTr" / "example_ct.nii.gz"),
+    "label": str(CT_SAMPLE / "labelsTr" / "example_ct.nii.gz"),
 }
 FLOAT_LABEL_CASE = "hippocampus_243"  # the one Task04 label stored as float32
 
@@ -226,7 +226,7 @@ def _check_world_mask(ref: nib.Nifti1Image, resampled: np.ndarray, affine: np.nd
 def test_task09_real_label_geometry():
     # Real MSD Task09 label (512x512x31, ~0.8x0.8x5 mm); the images are not available, so the label file
     # stands in for the image too (same geometry).
-    path = str(DATA / "Task09_Spleen_labels_only" / "labelsTr" / "spleen_8.nii.gz")
+    path = str(SPLEEN_LABELS / "spleen_8.nii.gz")
     ref = nib.load(path)
     out = get_transforms("spleen", "val")({"image": path, "label": path})
     lab = out["label"]
