@@ -1,7 +1,7 @@
 """
 The spleen CT pipeline through the bundle on one real CT (the in-repo fixture tests/fixtures/ct_spleen_sample;
-its mask is automatic, so no accuracy is measured): a few training iterations with HU windowing, 1.5x1.5x2 mm resampling and patch
-sampling, then inference.json writing a mask on the CT's own grid.
+its mask is automatic, so no accuracy is measured): a few training iterations with HU windowing, 1.5x1.5x2 mm
+resampling and patch sampling, then inference.json writing a mask on the CT's own grid.
 """
 
 from __future__ import annotations
