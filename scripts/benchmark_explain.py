@@ -36,20 +36,23 @@ from pathlib import Path
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from eunets_monai.data.datalists import kfold_split, msd_datalist
+from eunets_monai.data.datalists import HIPPOCAMPUS_SAMPLE, kfold_split, msd_datalist
 from eunets_monai.data.presets import get_task, get_transforms
 from eunets_monai.inference.explained import ExplainedPredictor
 from eunets_monai.networks.nets.unet import EUNet
 from eunets_monai.uncertainty.baselines import SampledPredictor
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "Task04_Hippocampus"
 GOALS = {"mask+cam": 1.05, "mask+cam+unc_fast": 2.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MSD Task04_Hippocampus folder")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=HIPPOCAMPUS_SAMPLE,
+        help="MSD Task04_Hippocampus folder (default: the embedded real subset; the cost does not depend on the cases)",
+    )
     p.add_argument("--volumes", type=int, default=2, help="validation volumes (fold 0 of 5) to run on")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per variant")
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], help="EU-Net widths")
