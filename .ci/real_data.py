@@ -15,13 +15,13 @@ import sys
 import tempfile
 import time
 
-FLOOR = 0.5  # chance is about 0.0 for these small structures; a working pipeline is far above this after 300 steps
+FLOOR = 0.5  # chance is about 0.0 for these small structures; a working pipeline is far above it after 600 steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="MSD Task04_Hippocampus folder")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=60)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {
