@@ -57,6 +57,8 @@ class Arch:
     arch: str  # plain architecture name
     eu: str  # EU name
     reference: str
+    # Extra network_def arguments of this architecture, for every bundle of it (e.g. {"attention": ...}).
+    network_kwargs: dict = field(default_factory=dict, compare=False)
 
 
 ARCHS: tuple[Arch, ...] = (
@@ -346,6 +348,7 @@ def common_params(v: Variant) -> dict:
             "out_channels": "@out_channels",
             "channels": "@channels",
             "mhex": "@mhex",
+            **v.arch.network_kwargs,
         },
         "network": "$@network_def.to(@device)",
     }

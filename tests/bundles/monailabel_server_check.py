@@ -40,14 +40,20 @@ import torch  # noqa: E402
 
 from tests.bundles.contract import (  # noqa: E402
     check_all,
+    ct_crop,
     infer_like_monailabel,
     labels_of,
     parse_like_monailabel,
     reoriented_anisotropic,
 )
-from tests.fixtures import HIPPOCAMPUS  # noqa: E402
+from tests.fixtures import CT_SAMPLE, HIPPOCAMPUS  # noqa: E402
 
-DEFAULT_BUNDLES = "eunet_hippocampus,efen_eu_hippocampus"
+sys.path.insert(0, str(REPO / "scripts"))
+from generate_bundles import VARIANTS  # noqa: E402
+
+TASKS = {v.name: v.task for v in VARIANTS}
+
+DEFAULT_BUNDLES = "eunet_hippocampus,efen_eu_hippocampus,eunet_spleen"
 TRAIN_BUNDLE = "eunet_hippocampus"
 
 
@@ -82,17 +88,19 @@ def make_app(work: Path, bundles: list[str]) -> Path:
     return app
 
 
-def make_studies(work: Path) -> tuple[Path, list[Path]]:
-    """4 labelled training cases (labels/final, as MONAI Label's datastore expects) and 2 unlabelled test images."""
+def make_studies(work: Path) -> tuple[Path, dict[str, list[Path]]]:
+    """4 labelled hippocampus cases (labels/final, as MONAI Label's datastore expects) and unlabelled test images
+    per task: a hippocampus case, the same re-oriented and anisotropic, a crop of the real CT."""
     studies = work / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     for image in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))[:4]:
         shutil.copy(image, studies / image.name)
         shutil.copy(HIPPOCAMPUS / "labelsTr" / image.name, studies / "labels" / "final" / image.name)
-    tests = [studies / "test_025.nii.gz", studies / "test_reoriented.nii.gz"]
-    shutil.copy(HIPPOCAMPUS / "imagesTs" / "hippocampus_025.nii.gz", tests[0])
-    reoriented_anisotropic(HIPPOCAMPUS / "imagesTs" / "hippocampus_025.nii.gz", tests[1])
-    return studies, tests
+    hippo = [studies / "test_025.nii.gz", studies / "test_reoriented.nii.gz"]
+    shutil.copy(HIPPOCAMPUS / "imagesTs" / "hippocampus_025.nii.gz", hippo[0])
+    reoriented_anisotropic(HIPPOCAMPUS / "imagesTs" / "hippocampus_025.nii.gz", hippo[1])
+    ct = ct_crop(CT_SAMPLE / "imagesTr" / "example_ct.nii.gz", studies / "test_ct_crop.nii.gz")
+    return studies, {"hippocampus": hippo, "spleen": [ct]}
 
 
 class Server:
@@ -229,27 +237,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bundles = [b.strip() for b in args.bundles.split(",") if b.strip()]
     work = Path(tempfile.mkdtemp(prefix="eunets_monailabel_"))
+    start = time.time()
     import monai
     import monailabel
 
     print(f"MONAI Label {monailabel.__version__}, MONAI {monai.__version__}, torch {torch.__version__}; in {work}")
     # The in-process contract on every bundle, under this environment's MONAI (the other end of the range the
     # normal suite tests).
-    sys.path.insert(0, str(REPO / "scripts"))
-    from generate_bundles import VARIANTS
-
-    failures: list[str] = check_all(REPO / "bundles", {v.name: v.task for v in VARIANTS}, work)
+    failures: list[str] = check_all(REPO / "bundles", TASKS, work)
     print(f"contract on {len(VARIANTS)} bundles under MONAI {monai.__version__}: {len(failures)} failures", flush=True)
     app = make_app(work, bundles)
     studies, tests = make_studies(work)
     server = Server(app, studies, bundles, work / "server.log")
-    start = time.time()
     try:
         info = server.wait()
-        print(f"/info/: up after {time.time() - start:.0f} s; models {sorted(info.get('models', {}))}", flush=True)
+        print(f"/info/: up at {time.time() - start:.0f} s; models {sorted(info.get('models', {}))}", flush=True)
         check_info(info, bundles, failures)
         for name in bundles:
-            for image in tests:
+            for image in tests[TASKS[name]]:
                 check_infer(server, app, name, image, work, failures)
         if TRAIN_BUNDLE in bundles:
             check_train(server, app, TRAIN_BUNDLE, failures)

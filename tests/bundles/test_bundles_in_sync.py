@@ -36,7 +36,8 @@ def test_bundles_of_one_setting_differ_only_in_their_network_and_texts():
     groups: dict = {}
     for v in generate_bundles.VARIANTS:
         cfg = json.loads((BUNDLES / v.name / "configs" / "train.json").read_text())
-        cfg["network_def"].pop("_target_")
+        for key in ("_target_", *v.arch.network_kwargs):
+            cfg["network_def"].pop(key)
         groups.setdefault((v.task, v.spatial_dims, v.channels, v.patch_size), []).append(cfg)
     for cfgs in groups.values():
         assert all(cfg == cfgs[0] for cfg in cfgs[1:])
