@@ -6,9 +6,10 @@ for their shared configuration), or check that the committed bundles match it.
     python scripts/generate_bundles.py --check  # exit 1 and list the files that differ
 
 Each bundle gets ``configs/{train,evaluate,multi_gpu_train,inference,metadata}.json``, ``configs/logging.conf``,
-``docs/README.md`` and ``LICENSE``; only the network (``network_def#_target_``) and the texts differ between them.
-Measured validation Dice values come from ``bundles/_shared/hippocampus_results.json``, written by
-``scripts/train_hippocampus.py``.
+``docs/README.md`` and ``LICENSE``. Two bundles per architecture: ``<arch>_spleen`` (3D, the configuration to
+train on MSD Task09) and ``<arch>_hippocampus`` (shipped weights). A hippocampus bundle's network setting and
+measured Dice come from ``bundles/_shared/hippocampus_models.json`` (written by the study) when it has an entry;
+otherwise the small default below is used and its docs say "not yet measured".
 """
 
 from __future__ import annotations
@@ -16,19 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from eunets_monai.data import presets
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 SHARED = BUNDLES / "_shared"
-RESULTS_FILE = SHARED / "hippocampus_results.json"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-BUNDLE_VERSION = "0.1.0"
-CHANGELOG = {"0.1.0": "first release: EU variant (MHEX+ heads) and plain baseline, 3D and 2D, any MSD task"}
+BUNDLE_VERSION = "0.2.0"
+CHANGELOG = {
+    "0.2.0": "servable unchanged by MONAI Label: inference postprocessing (uint8 label map on the input grid), "
+    "transforms spelled out in the configs, one bundle per task and setting (hippocampus bundles), data checked "
+    "only where the datalist is built, resume explicit (--resume true), bundle_root '.'",
+    "0.1.0": "first release: EU variant (MHEX+ heads) and plain baseline, 3D and 2D, any MSD task",
+}
 # Versions the bundles were generated and tested with (metadata.json).
-VERSIONS = {"monai_version": "1.6.1", "pytorch_version": "2.13.0", "numpy_version": "2.4.6"}
-REQUIRED_PACKAGES = {"eunets-monai": "0.1.0", "nibabel": "5.3.2", "pytorch-ignite": "0.5.5", "tensorboard": "2.21.0"}
+# MONAI 1.5.2 is what MONAI Label 0.8.5 runs on (1.6 breaks its image-path input in Spacingd); the project's own
+# tests also pass on MONAI 1.6.1 / torch 2.13.0 (pyproject.toml: monai>=1.5.2,<1.7).
+VERSIONS = {"monai_version": "1.5.2", "pytorch_version": "2.14.1", "numpy_version": "1.26.4"}
+SUPPORTED_APPS = {"monailabel": "0.8.5"}
+# As in the MONAI Label environment the bundles are tested in (scripts/monailabel_constraints.txt).
+REQUIRED_PACKAGES = {"eunets-monai": "0.1.0", "nibabel": "5.4.2", "pytorch-ignite": "0.4.11", "tensorboard": "2.21.0"}
 
 PAPER = (
     "Sun, Lio: Explainable U-Nets (EU-Nets) with MHEX+ heads, equivalent-kernel CAMs and collaboration-gradient "
@@ -38,47 +49,43 @@ MSD = "Antonelli et al., The Medical Segmentation Decathlon, Nature Communicatio
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One bundle: an EU-Net architecture."""
+class Arch:
+    """One EU-Net architecture (a bundle per task is generated from it)."""
 
-    name: str  # bundle folder
+    prefix: str  # bundle folder is <prefix>_<task>
     target: str  # network class, importable from the installed eunets_monai
     arch: str  # plain architecture name
     eu: str  # EU name
     reference: str
+    # Extra network_def arguments of this architecture, for every bundle of it (e.g. {"attention": ...}).
+    network_kwargs: dict = field(default_factory=dict, compare=False)
 
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        "eunet_spleen",
-        "eunets_monai.networks.nets.unet.UNet",
-        "U-Net",
-        "EU-Net",
-        "Ronneberger et al., U-Net, MICCAI 2015",
-    ),
-    Variant(
-        "eunetpp_spleen",
+ARCHS: tuple[Arch, ...] = (
+    Arch("eunet", "eunets_monai.networks.nets.unet.UNet", "U-Net", "EU-Net", "Ronneberger et al., U-Net, MICCAI 2015"),
+    Arch(
+        "eunetpp",
         "eunets_monai.networks.nets.unetplusplus.UNetPlusPlus",
         "U-Net++",
         "EU-Net++",
         "Zhou et al., UNet++, DLMIA 2018",
     ),
-    Variant(
-        "ahf_eunet_spleen",
+    Arch(
+        "ahf_eunet",
         "eunets_monai.networks.nets.ahf_unet.AHFUNet",
         "AHF-U-Net",
         "AHF-EU-Net",
         "AHF-U-Net (attention + hybrid fusion U-Net), see the eunets-monai papers folder",
     ),
-    Variant(
-        "eunet_transformer_spleen",
+    Arch(
+        "eunet_transformer",
         "eunets_monai.networks.nets.unet_transformer.UNetTransformer",
         "U-Net Transformer",
         "EU-Net Transformer",
         "Petit et al., U-Net Transformer, MLMI 2021",
     ),
-    Variant(
-        "efen_eu_spleen",
+    Arch(
+        "efen_eu",
         "eunets_monai.networks.nets.efen.EFEN",
         "EFEN",
         "EFEN-EU",
@@ -86,16 +93,72 @@ VARIANTS: tuple[Variant, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One bundle: an architecture on one task, with the network setting it is served with (no CLI overrides)."""
+
+    arch: Arch
+    task: str  # eunets_monai.data.presets task name
+    spatial_dims: int
+    channels: tuple[int, ...]
+    patch_size: tuple[int, ...]  # training patch = inference window (2 values for a 2D network)
+    measured: dict = field(default_factory=dict, compare=False)  # from hippocampus_models.json, else empty
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch.prefix}_{self.task}"
+
+    @property
+    def target(self) -> str:
+        return self.arch.target
+
+
+# Written by the network study (branch `study`): per hippocampus bundle the trained setting and
+# its measured validation Dice, e.g. {"eunet_hippocampus": {"spatial_dims": 2, "channels": [16, 32, 64, 128],
+# "patch_size": [40, 56], "val_dice": {"mean": 0.9, "anterior": 0.9, "posterior": 0.9}, "fold": 0, "n_val": 42,
+# "command": "...", "machine": "..."}}. Bundles without an entry get HIPPOCAMPUS_DEFAULT and "not yet measured".
+MODELS_FILE = SHARED / "hippocampus_models.json"
+# A small, fast model: the paper's 2D setting (axial slices, SliceInferer on the volume), widths 16-128, the
+# preset's 40x56 slice window (the volumes are about 35x50x36 voxels at 1 mm).
+HIPPOCAMPUS_DEFAULT = {"spatial_dims": 2, "channels": [16, 32, 64, 128], "patch_size": [40, 56]}
+SPLEEN = {"spatial_dims": 3, "channels": [16, 32, 64, 128, 256], "patch_size": [96, 96, 96]}
+
+
+def load_models() -> dict:
+    return json.loads(MODELS_FILE.read_text()) if MODELS_FILE.is_file() else {}
+
+
+def make_variants(models: dict | None = None) -> tuple[Variant, ...]:
+    """Every bundle: the spleen configurations to train on Task09, and the hippocampus models (shipped weights)."""
+    models = load_models() if models is None else models
+    out = []
+    for task in ("spleen", "hippocampus"):
+        for a in ARCHS:
+            name = f"{a.prefix}_{task}"
+            setting = SPLEEN if task == "spleen" else {**HIPPOCAMPUS_DEFAULT, **models.get(name, {})}
+            out.append(
+                Variant(
+                    a,
+                    task,
+                    int(setting["spatial_dims"]),
+                    tuple(setting["channels"]),
+                    tuple(setting["patch_size"]),
+                    measured=models.get(name, {}) if task == "hippocampus" else {},
+                )
+            )
+    return tuple(out)
+
+
+VARIANTS: tuple[Variant, ...] = make_variants()
+
 # ---------------------------------------------------------------------------------------------------------------
-# Shared configuration: every bundle's JSON is this template with its own network target.
+# Shared configuration: every bundle's JSON is this template with its own network, task and transforms.
 # ---------------------------------------------------------------------------------------------------------------
 
-# The bundle folder, found from the config file MONAI was asked to run (ConfigWorkflow.config_root_path is the
-# folder of the first --config_file): bundles run from any working directory. Override with --bundle_root DIR.
-BUNDLE_ROOT_EXPR = (
-    "$next((str(f.frame.f_locals['self'].config_root_path.resolve().parent) for f in __import__('inspect').stack(0)"
-    " if isinstance(f.frame.f_locals.get('self'), monai.bundle.ConfigWorkflow)), os.getcwd())"
-)
+# As in MONAI's model-zoo bundles: the working directory is the bundle folder unless --bundle_root says otherwise.
+# MONAI Label (and ConfigParser users) set bundle_root themselves; models/ and eval/ are resolved from it.
+BUNDLE_ROOT = "."
 
 IMPORTS = [
     "$import glob",
@@ -103,15 +166,15 @@ IMPORTS = [
     "$import sys",
     "$import ignite",
     "$import eunets_monai.data.datalists as datalists",
-    "$import eunets_monai.data.presets as presets",
 ]
 
-# Stops at once with one line (SystemExit is not wrapped by MONAI's config parser) when the data is not there.
-CHECK_DATA_EXPR = (
-    "$None if os.path.isfile(os.path.join(@dataset_dir, 'dataset.json')) else sys.exit('error: MSD data not found: '"
-    " + os.path.join(os.path.abspath(@dataset_dir), 'dataset.json') + ' does not exist; download '"
+# Only evaluated when the datalist is built from dataset_dir: MONAI Label (or --train#dataset#data) supplies the
+# data itself and never reaches it. Stops at once with one line (SystemExit is not wrapped by MONAI's parser).
+CHECKED_DATASET_DIR_EXPR = (
+    "$@dataset_dir if os.path.isfile(os.path.join(@dataset_dir, 'dataset.json')) else sys.exit('error: MSD data not"
+    " found: ' + os.path.join(os.path.abspath(@dataset_dir), 'dataset.json') + ' does not exist; download '"
     " + datalists.msd_task_name(@task) + '.tar from http://medicaldecathlon.com/ and extract it"
-    " there, or pass --dataset_dir DIR (and --task NAME for another MSD task).')"
+    " there, or pass --dataset_dir DIR.')"
 )
 
 # The last checkpoint CheckpointSaver keeps (n_saved=1): checkpoint_epoch=<N>.pt; resumed from when --resume true.
@@ -129,23 +192,154 @@ TRAIN_RUN = [
     "$@train#trainer.run()",
 ]
 
+# ---------------------------------------------------------------------------------------------------------------
+# Transforms, spelled out in the configs (what eunets_monai.data.presets builds in Python; a test checks that both
+# give the same data) so that users see and edit them where MONAI users expect them.
+# ---------------------------------------------------------------------------------------------------------------
+
+SLICE_AXIS = 2  # axial slices after Orientationd("RAS")
+
+
+def _t(target: str, **kwargs) -> dict:
+    return {"_target_": target, **kwargs}
+
+
+def load_transforms(p, keys: list[str]) -> list[dict]:
+    steps = [
+        _t("eunets_monai.data.checks.CheckedLoadImaged", keys=keys, ensure_channel_first=True, image_only=True),
+        _t(
+            "eunets_monai.data.checks.CheckShaped",
+            keys=keys,
+            spatial_dims=3,
+            channels={"image": p.in_channels, "label": 1},
+        ),
+        _t("eunets_monai.data.checks.CheckFinited", keys="image"),
+    ]
+    if "label" in keys:
+        steps.append(_t("eunets_monai.data.checks.RoundLabelsd", keys="label", num_classes=p.out_channels))
+    steps += [
+        _t("Orientationd", keys=keys, axcodes="RAS", labels=None),
+        _t("Spacingd", keys=keys, pixdim=list(p.spacing), mode=["bilinear", "nearest"][: len(keys)]),
+    ]
+    if p.intensity == "ct_window":
+        a_min, a_max = p.hu_window
+        steps.append(
+            _t("ScaleIntensityRanged", keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True)
+        )
+    else:
+        steps.append(_t("NormalizeIntensityd", keys="image", nonzero=True, channel_wise=True))
+    return steps
+
+
+def sampling_transforms(p, v: Variant) -> list[dict]:
+    keys = ["image", "label"]
+    # 2D: a one-slice-thick (H, W, 1) patch of the volume, then the slice axis dropped.
+    crop, pad = ("@patch_size", "@patch_size") if v.spatial_dims == 3 else ("$@patch_size + [1]", "$@patch_size + [-1]")
+    steps = []
+    if p.crop_foreground:
+        steps.append(_t("CropForegroundd", keys=keys, source_key="image", allow_smaller=True))
+    steps += [
+        _t("SpatialPadd", keys=keys, spatial_size=pad),
+        _t(
+            "RandCropByPosNegLabeld",
+            keys=keys,
+            label_key="label",
+            spatial_size=crop,
+            pos=p.pos,
+            neg=p.neg,
+            num_samples="@num_samples",
+            # CT: negative centres only inside the body (windowed intensity > 0), as MONAI's spleen bundle does.
+            image_key="image" if p.intensity == "ct_window" else None,
+            image_threshold=0.0,
+        ),
+    ]
+    if v.spatial_dims == 2:
+        steps.append(_t("SqueezeDimd", keys=keys, dim=1 + SLICE_AXIS))
+    steps += [_t("RandFlipd", keys=keys, prob=0.1, spatial_axis=axis) for axis in range(v.spatial_dims)]
+    # Quarter turns in the axial plane only where they keep the patch shape (batches must stack).
+    if v.patch_size[0] == v.patch_size[1]:
+        steps.append(_t("RandRotate90d", keys=keys, prob=0.1, max_k=3, spatial_axes=[0, 1]))
+    steps += [
+        _t("RandScaleIntensityd", keys="image", factors=0.1, prob=0.5),
+        _t("RandShiftIntensityd", keys="image", offsets=0.1, prob=0.5),
+    ]
+    return steps
+
+
+def final_transforms(keys: list[str]) -> list[dict]:
+    steps = [_t("EnsureTyped", keys="image", dtype="$torch.float32")]
+    if "label" in keys:
+        steps.append(_t("CastToTyped", keys="label", dtype="$torch.int64"))
+    return steps
+
+
+def preprocessing(v: Variant, stage: str) -> dict:
+    """The Compose of a stage ("train" | "val" | "infer"), as the config dict of the bundle."""
+    p = presets.get_task(v.task)
+    keys = ["image"] if stage == "infer" else ["image", "label"]
+    steps = load_transforms(p, keys)
+    if stage == "train":
+        steps += sampling_transforms(p, v)
+    return _t("Compose", transforms=steps + final_transforms(keys))
+
+
+def inferer(v: Variant) -> dict:
+    """Sliding windows over the volume (3D), or a 2D window over each axial slice (SliceInferer)."""
+    args = {"roi_size": "@patch_size", "sw_batch_size": "@sw_batch_size", "overlap": "@overlap"}
+    if v.spatial_dims == 3:
+        return _t("SlidingWindowInferer", **args)
+    return _t("SliceInferer", spatial_dim=SLICE_AXIS, **args)
+
+
+def infer_postprocessing() -> dict:
+    """Logits -> class map on the input image's grid: what MONAI Label's BundleInferTask serves."""
+    return _t(
+        "Compose",
+        transforms=[
+            _t("Activationsd", keys="pred", softmax=True),
+            _t(
+                "Invertd",
+                keys="pred",
+                transform="@preprocessing",
+                orig_keys="image",
+                nearest_interp=False,
+                to_tensor=True,
+            ),
+            _t("AsDiscreted", keys="pred", argmax=True, dtype="$torch.uint8"),
+        ],
+    )
+
+
+def eval_postprocessing(k: int) -> dict:
+    """Final output of the deep-supervision list, softmax, argmax, one-hot pred and label (for MeanDice)."""
+    return _t(
+        "Compose",
+        transforms=[
+            _t("Lambdad", keys="pred", func="$final_output"),
+            _t("Activationsd", keys="pred", softmax=True),
+            _t("AsDiscreted", keys=["pred", "label"], argmax=[True, False], to_onehot=[k, k]),
+        ],
+    )
+
 
 def common_params(v: Variant) -> dict:
     """Keys shared by train.json and inference.json (the ones users override most)."""
+    p = presets.get_task(v.task)
     return {
-        "imports": IMPORTS,
-        "bundle_root": BUNDLE_ROOT_EXPR,
+        "imports": [*IMPORTS, "$from eunets_monai.engine.outputs import final_output"],
+        "bundle_root": BUNDLE_ROOT,
         "ckpt_dir": "$@bundle_root + '/models'",
         "output_dir": "$@bundle_root + '/eval'",
-        "task": "spleen",
-        "dataset_dir": "/workspace/data/Task09_Spleen",
-        "spatial_dims": 3,
-        "patch_size": None,
-        "channels": [16, 32, 64, 128, 256],
+        "task": v.task,
+        "dataset_dir": f"/workspace/data/{p.msd_task}",
+        "spatial_dims": v.spatial_dims,
+        "patch_size": list(v.patch_size),
+        "channels": list(v.channels),
         "mhex": True,
-        "preset": "$presets.get_task(@task)",
-        "in_channels": "$@preset.in_channels",
-        "out_channels": "$@preset.out_channels",
+        "in_channels": p.in_channels,
+        "out_channels": p.out_channels,
+        "sw_batch_size": 4,
+        "overlap": 0.25,
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "network_def": {
             "_target_": v.target,
@@ -154,6 +348,7 @@ def common_params(v: Variant) -> dict:
             "out_channels": "@out_channels",
             "channels": "@channels",
             "mhex": "@mhex",
+            **v.arch.network_kwargs,
         },
         "network": "$@network_def.to(@device)",
     }
@@ -161,6 +356,7 @@ def common_params(v: Variant) -> dict:
 
 def train_config(v: Variant) -> dict:
     """configs/train.json: SupervisedTrainer + SupervisedEvaluator, runs on its own."""
+    p = presets.get_task(v.task)
     cfg = common_params(v)
     cfg.update(
         {
@@ -178,10 +374,11 @@ def train_config(v: Variant) -> dict:
             "early_stop_patience": 10,
             "loss_name": "dicece",
             "deep_supervision_weights": "exp",
-            "resume": True,
+            # Explicit: a new run starts afresh unless --resume true (then from the last checkpoint_epoch=N.pt).
+            "resume": False,
             "amp": "$torch.cuda.is_available()",
-            "check_data": CHECK_DATA_EXPR,
-            "datalist": "$datalists.msd_datalist(@dataset_dir)",
+            "checked_dataset_dir": CHECKED_DATASET_DIR_EXPR,
+            "datalist": "$datalists.msd_datalist(@checked_dataset_dir)",
             "split": "$datalists.kfold_split(@datalist, n_folds=@n_folds, fold=@fold, seed=@seed)",
             "last_ckpt": LAST_CKPT_EXPR,
             "loss": {
@@ -199,10 +396,7 @@ def train_config(v: Variant) -> dict:
                 "patience": "@lr_patience",
             },
             "train": {
-                "preprocessing": (
-                    "$presets.get_transforms(@task, 'train', spatial_dims=@spatial_dims,"
-                    " patch_size=@patch_size, num_samples=@num_samples)"
-                ),
+                "preprocessing": preprocessing(v, "train"),
                 "dataset": {
                     "_target_": "CacheDataset",
                     "data": "$@split[0]",
@@ -219,7 +413,7 @@ def train_config(v: Variant) -> dict:
                     "num_workers": "@num_workers",
                 },
                 "inferer": {"_target_": "SimpleInferer"},
-                "postprocessing": "$presets.get_postprocessing(@task, 'train')",
+                "postprocessing": eval_postprocessing(p.out_channels),
                 "handlers": [
                     {
                         "_target_": "StatsHandler",
@@ -287,7 +481,7 @@ def train_config(v: Variant) -> dict:
                 },
             },
             "validate": {
-                "preprocessing": "$presets.get_transforms(@task, 'val', spatial_dims=@spatial_dims)",
+                "preprocessing": preprocessing(v, "val"),
                 "dataset": {
                     "_target_": "CacheDataset",
                     "data": "$@split[1]",
@@ -303,8 +497,8 @@ def train_config(v: Variant) -> dict:
                     "shuffle": False,
                     "num_workers": "@num_workers",
                 },
-                "inferer": ("$presets.get_inferer(@task, spatial_dims=@spatial_dims, roi_size=@patch_size)"),
-                "postprocessing": "$presets.get_postprocessing(@task, 'val')",
+                "inferer": inferer(v),
+                "postprocessing": eval_postprocessing(p.out_channels),
                 "handlers": [
                     {
                         "_target_": "LrScheduleHandler",
@@ -350,7 +544,6 @@ def train_config(v: Variant) -> dict:
                 },
             },
             "initialize": [
-                "@check_data",
                 "$monai.utils.set_determinism(seed=@seed)",
                 "$os.makedirs(@ckpt_dir, exist_ok=True)",
             ],
@@ -402,7 +595,6 @@ def multi_gpu_config() -> dict:
         ),
         "initialize": [
             "$import torch.distributed as dist",
-            "@check_data",
             "$dist.is_initialized() or dist.init_process_group("
             "backend='nccl' if torch.cuda.is_available() else 'gloo')",
             "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
@@ -435,7 +627,7 @@ def evaluate_config() -> dict:
                 "summary_ops": "*",
             },
         ],
-        "initialize": ["@check_data", "$monai.utils.set_determinism(seed=@seed)"],
+        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@validate#evaluator.run()"],
         "finalize": [],
     }
@@ -451,13 +643,11 @@ def inference_config(v: Variant) -> dict:
             "ckpt_path": "$@ckpt_dir + '/model.pt'",
             "cam": True,
             "uncertainty": "fast",
-            "sw_batch_size": 4,
-            "overlap": 0.25,
-            "preprocessing": "$presets.get_transforms(@task, 'infer', spatial_dims=@spatial_dims)",
-            "inferer": (
-                "$presets.get_inferer(@task, spatial_dims=@spatial_dims, roi_size=@patch_size,"
-                " sw_batch_size=@sw_batch_size, overlap=@overlap)"
-            ),
+            "preprocessing": preprocessing(v, "infer"),
+            "inferer": inferer(v),
+            # What MONAI Label's BundleInferTask applies after the inferer: a uint8 class map on the input's grid.
+            # (The runner below writes its own outputs: mask, CAM and uncertainty.)
+            "postprocessing": infer_postprocessing(),
             "runner": {
                 "_target_": "eunets_monai.inference.batch.BatchInference",
                 "network": "@network",
@@ -482,48 +672,89 @@ def _a(word: str) -> str:
     return "an" if word[0] in "AEIO" else "a"
 
 
-def metadata(v: Variant, results: dict) -> dict:
+TASK_TEXT = {
+    "spleen": {
+        "title": "spleen CT segmentation",
+        "data": "MSD Task09 Spleen (41 labelled CT volumes)",
+        "data_source": "Medical Segmentation Decathlon Task09_Spleen, http://medicaldecathlon.com/ (CC-BY-SA 4.0)",
+        "image_classes": "single channel CT, Hounsfield units windowed -57..164 to 0..1",
+        "format": "hounsfield",
+        "value_range": [0, 1],
+        "recipe": "RAS, 1.5x1.5x2 mm, HU window -57..164 to 0..1, foreground crop, `num_samples` = 4 "
+        "positive/negative-balanced patches per volume, flips/rotations/intensity jitter; labels cast to integers",
+    },
+    "hippocampus": {
+        "title": "hippocampus MRI segmentation",
+        "data": "MSD Task04 Hippocampus (260 mono-modal MRI, 208 labelled: anterior and posterior hippocampus)",
+        "data_source": "Medical Segmentation Decathlon Task04_Hippocampus, http://medicaldecathlon.com/ (CC-BY-SA 4.0)",
+        "image_classes": "single channel MRI, z-score normalised over non-zero voxels",
+        "format": "magnitude",
+        "value_range": [],
+        "recipe": "RAS, 1 mm isotropic, z-score over non-zero voxels, `num_samples` = 4 positive/negative-balanced "
+        "patches per volume, flips/intensity jitter; labels cast to integers",
+    },
+}
+
+
+def _dims_text(v: Variant) -> str:
+    patch = "x".join(str(s) for s in v.patch_size)
+    if v.spatial_dims == 3:
+        return f"3D ({patch} patches and sliding windows)"
+    return f"2D (axial slices, {patch} windows; SliceInferer runs it over the whole volume)"
+
+
+def _spatial_shape(v: Variant) -> list:
+    # A 2D network still serves volumes: "*" slices, so MONAI Label (which counts these entries) shows 3 dimensions.
+    # verify_net_in_out on a 2D bundle needs the 2D shape (see docs/README.md).
+    return list(v.patch_size) if v.spatial_dims == 3 else [*v.patch_size, "*"]
+
+
+def _eval_metrics(v: Variant) -> dict:
+    dice = v.measured.get("val_dice", {})
+    return {f"val_dice_{k}": float(val) for k, val in dice.items()}
+
+
+def metadata(v: Variant) -> dict:
     """configs/metadata.json (MONAI bundle schema meta_schema_20240725)."""
-    measured = results.get(v.name, {})
-    eval_metrics = {
-        f"{run['setting']}_val_mean_dice": run["val_mean_dice"] for run in measured.get("runs", []) if "setting" in run
-    }
+    p = presets.get_task(v.task)
+    t = TASK_TEXT[v.task]
+    a = v.arch
+    classes = ", ".join(f"{k} {name}" for k, name in p.channel_def.items())
+    shape = _spatial_shape(v)
     return {
         "schema": SCHEMA_URL,
         "version": BUNDLE_VERSION,
         "changelog": CHANGELOG,
         **VERSIONS,
         "required_packages_version": REQUIRED_PACKAGES,
-        "supported_apps": {},
-        "name": f"{v.eu} spleen CT segmentation",
-        "task": f"Spleen segmentation in CT with the explainable {v.eu} ({v.arch} + MHEX+ heads)",
+        "supported_apps": SUPPORTED_APPS,
+        "name": f"{a.eu} {t['title']}",
+        "task": f"{t['title'][0].upper()}{t['title'][1:]} with the explainable {a.eu} ({a.arch} + MHEX+ heads)",
         "description": (
-            f"{v.eu}: {_a(v.arch)} {v.arch} with an MHEX+ head on every decoder stage (deep supervision, "
-            "equivalent-kernel CAMs, collaboration-gradient uncertainty). 3D by default (96^3 patches, "
-            "1.5x1.5x2 mm); the paper's 2D setting with --spatial_dims 2, the plain baseline with --mhex false, "
-            "any MSD task with --task and --dataset_dir. eval_metrics are measured on MSD Task04 hippocampus "
-            "(see docs/README.md), not spleen."
+            f"{a.eu}: {_a(a.arch)} {a.arch} with an MHEX+ head on every decoder stage (deep supervision, "
+            f"equivalent-kernel CAMs, collaboration-gradient uncertainty), {_dims_text(v)}, widths "
+            f"{list(v.channels)}. The plain baseline with --mhex false."
         ),
         "authors": "eunets-monai contributors",
         "copyright": "Copyright (c) eunets-monai contributors",
-        "data_source": "Medical Segmentation Decathlon Task09_Spleen, http://medicaldecathlon.com/ (CC-BY-SA 4.0)",
+        "data_source": t["data_source"],
         "data_type": "nibabel",
-        "image_classes": "single channel CT, Hounsfield units windowed -57..164 to 0..1",
-        "label_classes": "single channel class map: 0 background, 1 spleen",
-        "pred_classes": "2 channels (logits): 0 background, 1 spleen",
-        "eval_metrics": eval_metrics,
+        "image_classes": t["image_classes"],
+        "label_classes": f"single channel class map: {classes}",
+        "pred_classes": f"{p.out_channels} channels (logits): {classes}",
+        "eval_metrics": _eval_metrics(v),
         "intended_use": "Research on explainable segmentation only; not for clinical use.",
-        "references": [PAPER, v.reference, MSD],
+        "references": [PAPER, a.reference, MSD],
         "network_data_format": {
             "inputs": {
                 "image": {
                     "type": "image",
-                    "format": "hounsfield",
-                    "modality": "CT",
-                    "num_channels": 1,
-                    "spatial_shape": [96, 96, 96],
+                    "format": t["format"],
+                    "modality": p.modality,
+                    "num_channels": p.in_channels,
+                    "spatial_shape": shape,
                     "dtype": "float32",
-                    "value_range": [0, 1],
+                    "value_range": t["value_range"],
                     "is_patch_data": True,
                     "channel_def": {"0": "image"},
                 }
@@ -532,12 +763,12 @@ def metadata(v: Variant, results: dict) -> dict:
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": 2,
-                    "spatial_shape": [96, 96, 96],
+                    "num_channels": p.out_channels,
+                    "spatial_shape": shape,
                     "dtype": "float32",
                     "value_range": [],
                     "is_patch_data": True,
-                    "channel_def": {"0": "background", "1": "spleen"},
+                    "channel_def": dict(p.channel_def),
                 }
             },
         },
@@ -580,68 +811,89 @@ def license_text() -> str:
     return header + apache
 
 
-def _results_table(v: Variant, results: dict) -> str:
-    measured = results.get(v.name)
-    if not measured or not measured.get("runs"):
+def _measured(v: Variant) -> str:
+    m = v.measured
+    dice = m.get("val_dice", {})
+    if not dice:
+        if v.task == "spleen":
+            return (
+                "Not yet measured: the spleen bundles are the configurations to train on Task09 (no weights "
+                "shipped; the development machines do not have the spleen images).\n"
+            )
         return (
-            "Not measured yet for this bundle: run the command above (it writes "
-            "`bundles/_shared/hippocampus_results.json`, then `python scripts/generate_bundles.py` puts the numbers "
-            "here).\n"
+            "Not yet measured. The network study writes the trained setting and its "
+            "validation Dice to `bundles/_shared/hippocampus_models.json`; `python scripts/generate_bundles.py` "
+            "then puts them here and in `configs/metadata.json`.\n"
         )
-    rows = ["| setting | network | epochs x iterations | train / val cases | best val mean Dice (fg) | wall time |"]
-    rows.append("| --- | --- | --- | --- | --- | --- |")
-    for run in measured["runs"]:
-        rows.append(
-            f"| {run['setting']} | {run['network']} | {run['epochs']} | {run['n_train']} / {run['n_val']} | "
-            f"{run['val_mean_dice']:.3f} | {run['seconds']:.0f} s |"
-        )
-    return "\n".join(rows) + "\n\n" + f"Measured on {measured.get('machine', 'CPU')}.\n"
+    rows = ["| class | validation Dice |", "| --- | --- |"]
+    rows += [f"| {k} | {float(val):.3f} |" for k, val in dice.items()]
+    lines = ["\n".join(rows), ""]
+    for key, what in (("fold", "validation fold"), ("n_val", "validation cases"), ("machine", "machine")):
+        if key in m:
+            lines.append(f"- {what}: {m[key]}")
+    if "command" in m:
+        lines += ["", "Produced by:", "", "```bash", m["command"], "```"]
+    return "\n".join(lines) + "\n"
 
 
-def _results_command(v: Variant, results: dict) -> str:
-    cmd = results.get(v.name, {}).get("command", f"python scripts/train_hippocampus.py --bundle {v.name}")
-    script, _, bundle_cmd = cmd.partition("   # runs: ")
-    return script + (f"\n# which runs the bundle command:\n{bundle_cmd}" if bundle_cmd else "")
+def _weights(v: Variant) -> str:
+    if v.task == "spleen":
+        return "No weights are shipped: train on Task09 (below); `models/model.pt` is the best checkpoint."
+    return (
+        "`models/model.pt` holds the trained weights (state dict, loads with `weights_only=True`) when the study "
+        "has shipped them; otherwise train (below) to create it."
+    )
 
 
-def readme(v: Variant, results: dict) -> str:
+def readme(v: Variant) -> str:
     b = f"bundles/{v.name}"
-    cmd = _results_command(v, results)
-    return f"""# {v.eu} spleen CT segmentation ({v.name})
+    a = v.arch
+    p = presets.get_task(v.task)
+    t = TASK_TEXT[v.task]
+    classes = ", ".join(f"{k} {name}" for k, name in p.channel_def.items())
+    data_dir = f"/data/{p.msd_task}"
+    verify_shape = (
+        ""
+        if v.spatial_dims == 3
+        else (f' \\\n    --_meta_#network_data_format#inputs#image#spatial_shape "{list(v.patch_size)}"')
+    )
+    return f"""# {a.eu} {t["title"]} ({v.name})
 
-A MONAI bundle of the explainable **{v.eu}**: {_a(v.arch)} {v.arch} (`{v.target}`) with an MHEX+ head on every decoder
-stage. The heads give deep supervision in training and, at inference, equivalent-kernel class activation maps (CAMs)
-and a collaboration-gradient uncertainty map next to the segmentation. The network comes from the installed
-`eunets_monai` package; the bundle holds configuration only and runs from any working directory (the bundle folder
-is found from the config file's location; `--bundle_root DIR` overrides it).
+A MONAI bundle of the explainable **{a.eu}**: {_a(a.arch)} {a.arch} (`{a.target}`) with an MHEX+ head on every
+decoder stage. The heads give deep supervision in training and, at inference, equivalent-kernel class activation
+maps (CAMs) and a collaboration-gradient uncertainty map next to the segmentation. The network comes from the
+installed `eunets_monai` package; the bundle holds configuration only.
+
+- task: `{v.task}`, classes {classes} (`configs/metadata.json`, `channel_def`)
+- network: {_dims_text(v)}, widths `{list(v.channels)}`
+- {_weights(v)}
 
 This file, like all bundles, is generated by `scripts/generate_bundles.py` from one template; edit the template,
-not the bundle (`tests/bundles/test_bundles_in_sync.py` fails when they differ).
+not the bundle (`tests/bundles/test_bundles_in_sync.py` fails when they differ). Every setting of the bundle is in
+its configs (task, dimensions, widths, classes, transforms): it runs as it is in MONAI Label and with
+`monai.bundle run`, no command-line overrides needed.
 
 ## Data
 
-MSD Task09 Spleen (41 labelled CT volumes), http://medicaldecathlon.com/, licence **CC-BY-SA 4.0**
-(attribution: {MSD}; share alike). Download `Task09_Spleen.tar`, extract it, and point the bundle at it:
+{t["data"]}, http://medicaldecathlon.com/, licence **CC-BY-SA 4.0** (attribution: {MSD}; share alike).
+Download `{p.msd_task}.tar`, extract it, and point the bundle at it with `--dataset_dir {data_dir}` (default
+`/workspace/data/{p.msd_task}`, as in MONAI's model zoo). The data is checked where the datalist is built: when
+`dataset.json` is missing the run stops with a one-line error naming the path; MONAI Label, which supplies
+`train#dataset#data` itself, never needs `dataset_dir`.
+`eunets_monai.data.datalists.download_msd("{v.task}", "/data")` downloads it with MONAI's MSD download code.
 
-```bash
-python -m monai.bundle run --config_file {b}/configs/train.json --dataset_dir /data/Task09_Spleen
-```
+## Transforms (in the configs)
 
-The default `dataset_dir` is `/workspace/data/Task09_Spleen` (as in MONAI's spleen_ct_segmentation bundle); when
-it is missing the run stops at once with a one-line error naming the path and how to get the data.
-`eunets_monai.data.datalists.download_msd("spleen", "/data")` downloads it with MONAI's MSD download code.
-
-Any other MSD task: `--task heart|hippocampus|spleen --dataset_dir /data/TaskXX_Name` (transform presets in
-`eunets_monai.data.presets`: spacing, intensity normalisation, patch size, classes; `out_channels` follows the task).
-The package ships a 12+4 case subset of MSD Task04 hippocampus (CC-BY-SA 4.0, licence in the folder),
-`eunets_monai/data/sample/hippocampus`: `--task hippocampus --dataset_dir <that folder>` (what the README's main
-command, `scripts/quickstart.py`, trains on).
+`train#preprocessing`, `validate#preprocessing` and `preprocessing` (inference) list their MONAI transforms, so you
+change them where MONAI users expect: {t["recipe"]}. They are generated from the task preset
+(`eunets_monai.data.presets`), and `tests/bundles/test_monailabel_contract.py` checks that both give the same data.
+The project's checked readers (`eunets_monai.data.checks`) replace `LoadImaged` so a bad file gives one line naming it.
+`postprocessing` (inference) is what MONAI Label applies after the inferer: softmax, `Invertd` back to the input
+image's grid, argmax to a uint8 class map.
 
 ## Training recipe (`configs/train.json`)
 
 - MONAI `SupervisedTrainer` / `SupervisedEvaluator` with ignite handlers, all in the config.
-- Pre-processing (spleen): RAS, 1.5x1.5x2 mm, HU window -57..164 to 0..1, foreground crop, `num_samples` = 4
-  positive/negative-balanced 96^3 patches per volume, flips/rotations/intensity jitter; labels cast to integers.
 - Split: 5-fold cross-validation with a fixed seed (`--fold 0..4`, `--n_folds`, `--seed`);
   the 80/10/10 hold-out split: `--split "$datalists.holdout_split(@datalist)[:2]"`.
 - Loss: deep supervision over the final output and every MHEX+ head (`eunets_monai.engine.losses.get_loss`):
@@ -650,71 +902,68 @@ command, `scripts/quickstart.py`, trains on).
   `bcedice` (BCE + Dice with smoothing 1, paper 003 eqs. 10-11) | `focal`.
 - Adam (lr `--learning_rate 0.001`); `ReduceLROnPlateau` (factor 0.5, patience 5) and early stopping (patience 10)
   on the validation mean Dice (foreground classes); at most 50 epochs (`--max_epochs`), validation every epoch.
-- AMP when a GPU is there (`"amp": "$torch.cuda.is_available()"`); device cuda if available, else cpu.
+- AMP when a GPU is there; device cuda if available, else cpu.
 - Checkpoints in `models/`: `model.pt` (best validation mean Dice, weights only) and `checkpoint_epoch=N.pt` (the
-  last epoch: model, optimizer, scheduler, trainer state). A new run resumes from the last checkpoint when there is
-  one (`--resume false` starts afresh): model, optimizer, LR scheduler, epoch and the best-model record are
-  restored; the early-stopping counter starts again.
+  last epoch: model, optimizer, scheduler, trainer state). Every run starts afresh unless `--resume true`, which
+  continues from the last checkpoint (model, optimizer, LR scheduler, epoch and the best-model record; the
+  early-stopping counter starts again).
 - TensorBoard logs in `eval/` (`tensorboard --logdir {b}/eval`); MLflow tracking with MONAI's switch
-  `--tracking mlflow` (runs in `eval/mlruns.db`; `--tracking_uri`, `--experiment_name` override).
+  `--tracking mlflow`.
 
-## Variants (documented overrides of this one bundle)
+## Overrides that keep the bundle consistent
 
 | what | override |
 | --- | --- |
-| plain {v.arch} baseline (no MHEX+ heads) | `--mhex false` |
-| the paper's 2D setting (axial slices, `SliceInferer` on the volumes) | `--spatial_dims 2` (patch 256x256 for spleen) |
-| network width | `--channels "[32, 64, 128, 256, 512]"` |
-| another MSD task | `--task hippocampus --dataset_dir /data/Task04_Hippocampus` |
+| plain {a.arch} baseline (no MHEX+ heads) | `--mhex false` |
+| network width | `--channels "[32, 64, 128, 256, 512]"` (depth = number of widths) |
+| patch / window size | `--patch_size "{list(v.patch_size)}"` |
 | where outputs go | `--ckpt_dir DIR --output_dir DIR` |
+
+Another task or dimensionality changes the transforms, classes and metadata: that is another bundle (add it to
+`scripts/generate_bundles.py`), not an override.
 
 ## Commands
 
+`bundle_root` is `.` as in MONAI's model zoo: run from the bundle folder, or pass `--bundle_root {b}`.
+
 ```bash
 # train (one GPU or CPU)
-python -m monai.bundle run --config_file {b}/configs/train.json --dataset_dir /data/Task09_Spleen
+python -m monai.bundle run --config_file {b}/configs/train.json --bundle_root {b} --dataset_dir {data_dir}
 # several GPUs (DDP, DistributedSampler; gloo on CPUs)
-torchrun --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['{b}/configs/train.json', '{b}/configs/multi_gpu_train.json']" --dataset_dir /data/Task09_Spleen
+torchrun --nproc_per_node=2 -m monai.bundle run --bundle_root {b} \\
+    --config_file "['{b}/configs/train.json', '{b}/configs/multi_gpu_train.json']" --dataset_dir {data_dir}
 # evaluate the best checkpoint on the validation fold (per-case Dice in eval/)
 python -m monai.bundle run --config_file "['{b}/configs/train.json', '{b}/configs/evaluate.json']" \\
-    --dataset_dir /data/Task09_Spleen
+    --bundle_root {b} --dataset_dir {data_dir}
 # batch inference: <case>_seg.nii.gz, <case>_cam.nii.gz (K channels), <case>_uncertainty.nii.gz per input image,
 # on the input's grid; --input_dir takes a folder of NIfTI files or a JSON datalist
-python -m monai.bundle run --config_file {b}/configs/inference.json --input_dir /data/images --output_dir /data/out
+python -m monai.bundle run --config_file {b}/configs/inference.json --bundle_root {b} \\
+    --input_dir /data/images --output_dir /data/out
 # checks
 python -m monai.bundle verify_metadata --meta_file {b}/configs/metadata.json \\
     --filepath bundles/_shared/meta_schema_20240725.json
 python -m monai.bundle verify_net_in_out network_def --meta_file {b}/configs/metadata.json \\
-    --config_file {b}/configs/inference.json
-python -m monai.bundle ckpt_export network_def --filepath {b}/models/model.ts --ckpt_file {b}/models/model.pt \\
-    --meta_file {b}/configs/metadata.json --config_file {b}/configs/inference.json
+    --config_file {b}/configs/inference.json{verify_shape}
 ```
 
 `bundles/_shared/meta_schema_20240725.json` is MONAI's bundle metadata schema (from the MONAI-extra-test-data
-0.8.1 release, as mirrored at project-monai.github.io/schema), shipped so `verify_metadata` runs offline.
+0.8.1 release), shipped so `verify_metadata` runs offline.
+
+## MONAI Label and 3D Slicer
+
+The bundle is served unchanged by MONAI Label's `monaibundle` app (tested: MONAI Label 0.8.5, MONAI 1.5.2):
+see `docs/monai_label.md` and `docs/slicer.md` in the eunets-monai repository.
 
 ## Measured results
 
-Validation mean Dice (foreground classes, MONAI `MeanDice`) on real MSD Task04 **hippocampus** MRI (the spleen
-images are not available on the development machines), fixed 5-fold split (fold 0, seed 0), the paper's 2D
-setting, produced by (each iteration: 2 volumes x 16 axial slices; validation on the 42 whole volumes):
-
-```bash
-{cmd}
-```
-
-{_results_table(v, results)}
-These are short CPU runs with small widths (`channels` and epochs in the table), to show the bundle trains
-end to end; they are far below what a full-width, 50-epoch GPU run reaches, and are not a comparison of variants.
-
+{_measured(v)}
 ## Licence
 
 Bundle configuration and documents: Apache-2.0 (`LICENSE`). Data: MSD, CC-BY-SA 4.0 ({MSD}).
 """
 
 
-def render(v: Variant, results: dict) -> dict[str, str]:
+def render(v: Variant) -> dict[str, str]:
     """Every file of one bundle: relative path -> content."""
 
     def dump(obj: dict) -> str:
@@ -725,21 +974,16 @@ def render(v: Variant, results: dict) -> dict[str, str]:
         "configs/multi_gpu_train.json": dump(multi_gpu_config()),
         "configs/evaluate.json": dump(evaluate_config()),
         "configs/inference.json": dump(inference_config(v)),
-        "configs/metadata.json": dump(metadata(v, results)),
+        "configs/metadata.json": dump(metadata(v)),
         "configs/logging.conf": LOGGING_CONF,
-        "docs/README.md": readme(v, results),
+        "docs/README.md": readme(v),
         "LICENSE": license_text(),
     }
 
 
-def load_results() -> dict:
-    return json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
-
-
 def render_all() -> dict[Path, str]:
     """Every generated file of every bundle: absolute path -> content."""
-    results = load_results()
-    return {BUNDLES / v.name / rel: text for v in VARIANTS for rel, text in render(v, results).items()}
+    return {BUNDLES / v.name / rel: text for v in make_variants() for rel, text in render(v).items()}
 
 
 def _show(path: Path) -> str:
@@ -761,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    print(f"wrote {len(files)} files in {len(VARIANTS)} bundles under {_show(BUNDLES)}/")
+    print(f"wrote {len(files)} files in {len(make_variants())} bundles under {_show(BUNDLES)}/")
     return 0
 
 

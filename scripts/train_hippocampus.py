@@ -1,11 +1,12 @@
 """
-Measure each bundle's validation Dice on the real MSD Task04 hippocampus data (../shared/data/Task04_Hippocampus),
-fixed 5-fold split (fold 0, seed 0: 166 training / 42 validation cases), through the bundle's own train.json.
+Measure each hippocampus bundle's validation Dice on the real MSD Task04 hippocampus data
+(../shared/data/Task04_Hippocampus), fixed 5-fold split (fold 0, seed 0: 166 training / 42 validation cases),
+through the bundle's own train.json.
 Runs are short on purpose (2 CPU cores shared with other work): the paper's 2D setting, small widths and a few
-hundred slices per epoch. Writes bundles/_shared/hippocampus_results.json; ``python scripts/generate_bundles.py``
-then puts the numbers into every bundle's docs/README.md and metadata.json.
+hundred slices per epoch. Writes bundles/_shared/hippocampus_results.json (a log of these short runs; the bundles'
+docs and metadata take their Dice from the study's bundles/_shared/hippocampus_models.json only).
 
-    python scripts/train_hippocampus.py [--bundle eunet_spleen ...] [--epochs 6] [--epoch_length 10]
+    python scripts/train_hippocampus.py [--bundle eunet_hippocampus ...] [--epochs 6] [--epoch_length 10]
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ def command(bundle: str, epochs: int, epoch_length: int, workdir: Path | None = 
     """The bundle command that is measured (``workdir`` holds checkpoints and logs)."""
     work = workdir or Path("/tmp/eunets_hippocampus") / bundle
     overrides = {
-        "task": "hippocampus",
         "dataset_dir": "../shared/data/Task04_Hippocampus",
-        "spatial_dims": 2,
         "channels": "[16, 32, 64, 128]",
         "max_epochs": epochs,
         "train#trainer#epoch_length": epoch_length,
@@ -61,7 +60,7 @@ def command(bundle: str, epochs: int, epoch_length: int, workdir: Path | None = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", nargs="*", default=[v.name for v in VARIANTS])
+    parser.add_argument("--bundle", nargs="*", default=[v.name for v in VARIANTS if v.task == "hippocampus"])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--epoch_length", type=int, default=10, help="iterations (2 volumes x 16 slices) per epoch")
     args = parser.parse_args()
@@ -94,7 +93,7 @@ def main() -> None:
             "runs": [
                 {
                     "setting": SETTING,
-                    "network": f"{variant.eu} 2D, channels 16-128",
+                    "network": f"{variant.arch.eu} {variant.spatial_dims}D, channels 16-128",
                     "epochs": f"{args.epochs} x {n_train} it",
                     "n_train": len(train_cases),
                     "n_val": len(val_cases),

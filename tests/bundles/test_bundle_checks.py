@@ -12,12 +12,17 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from tests.bundles.helpers import BUNDLE_NAMES, SAMPLE, SCHEMA, cli, configs
+from eunets_monai.data import presets
+from tests.bundles.helpers import BUNDLE_NAMES, SCHEMA, cli, configs, generate_bundles
 
-# Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 instead of the 96^3 patch of
-# metadata.json (2 CPU cores).
+# Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 (32^2 for a 2D network)
+# instead of the patch of metadata.json (2 CPU cores).
 NET = {"network_def#channels": [8, 16, 32, 64]}
-NET_IO = {**NET, "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32, 32]}
+VARIANTS = {v.name: v for v in generate_bundles.VARIANTS}
+
+
+def net_io(bundle: str) -> dict:
+    return {**NET, "_meta_#network_data_format#inputs#image#spatial_shape": [32] * VARIANTS[bundle].spatial_dims}
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
@@ -26,7 +31,7 @@ def test_verify_metadata(bundle):
     meta = json.loads((configs(bundle) / "metadata.json").read_text())
     fmt = meta["network_data_format"]
     assert fmt["inputs"]["image"]["channel_def"] == {"0": "image"}
-    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "spleen"}
+    assert fmt["outputs"]["pred"]["channel_def"] == presets.get_task(VARIANTS[bundle].task).channel_def
     assert {"version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task"} <= set(meta)
 
 
@@ -48,7 +53,7 @@ def test_verify_net_in_out(bundle):
         net_id="network_def",
         meta_file=str(configs(bundle) / "metadata.json"),
         config_file=str(configs(bundle) / "inference.json"),
-        **NET_IO,
+        **net_io(bundle),
     )
 
 
@@ -73,24 +78,24 @@ def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
         meta_file=str(configs(bundle) / "metadata.json"),
         config_file=inference,
         use_trace=True,
-        input_shape=[1, 1, 16, 16, 16],
+        input_shape=[1, 1] + [16] * VARIANTS[bundle].spatial_dims,
         **NET,
     )
     exported = torch.jit.load(str(ts))
-    x = torch.rand(1, 1, 16, 16, 16)
+    x = torch.rand(1, 1, *[16] * VARIANTS[bundle].spatial_dims)
     with torch.no_grad():
         expected = net.eval()(x)
         got = exported(x)
-    assert got.shape == (1, 2, 16, 16, 16)
+    assert got.shape == (1, net.out_channels, *x.shape[2:])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_out_channels_follow_the_task_preset():
+def test_mhex_false_gives_the_plain_baseline():
     parser = ConfigParser()
-    parser.read_config(str(configs("eunet_spleen") / "inference.json"))
-    parser.update({"task": "hippocampus", "dataset_dir": str(SAMPLE), "network_def#channels": [8, 16]})
+    parser.read_config(str(configs("eunet_hippocampus") / "inference.json"))
+    parser.update({"network_def#channels": [8, 16]})
     net = parser.get_parsed_content("network_def")
-    assert net.out_channels == 3 and net.spatial_dims == 3 and net.heads is not None
-    parser.update({"mhex": False, "spatial_dims": 2})
+    assert net.out_channels == 3 and net.heads is not None
+    parser.update({"mhex": False})
     plain = parser.get_parsed_content("network_def", lazy=False)
-    assert plain.heads is None and plain.spatial_dims == 2
+    assert plain.heads is None and plain.spatial_dims == net.spatial_dims

@@ -1,4 +1,4 @@
-"""The five bundles are generated from one template (scripts/generate_bundles.py): committed files must match it."""
+"""The bundles are generated from one template (scripts/generate_bundles.py): committed files must match it."""
 
 from __future__ import annotations
 
@@ -32,11 +32,37 @@ def test_every_bundle_has_the_required_files():
         assert train["mhex"] is True  # EU variant by default; --mhex false is the plain baseline
 
 
-def test_bundles_differ_only_in_their_network_and_texts():
-    trains = [json.loads((BUNDLES / v.name / "configs" / "train.json").read_text()) for v in generate_bundles.VARIANTS]
-    for cfg in trains:
-        cfg["network_def"].pop("_target_")
-    assert all(cfg == trains[0] for cfg in trains[1:])
+def test_bundles_of_one_setting_differ_only_in_their_network_and_texts():
+    groups: dict = {}
+    for v in generate_bundles.VARIANTS:
+        cfg = json.loads((BUNDLES / v.name / "configs" / "train.json").read_text())
+        for key in ("_target_", *v.arch.network_kwargs):
+            cfg["network_def"].pop(key)
+        groups.setdefault((v.task, v.spatial_dims, v.channels, v.patch_size), []).append(cfg)
+    for cfgs in groups.values():
+        assert all(cfg == cfgs[0] for cfg in cfgs[1:])
+
+
+def test_dice_in_docs_comes_only_from_the_models_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate_bundles, "MODELS_FILE", tmp_path / "missing.json")
+    v = {x.name: x for x in generate_bundles.make_variants()}["eunet_hippocampus"]
+    assert "Not yet measured" in generate_bundles.readme(v) and generate_bundles.metadata(v)["eval_metrics"] == {}
+    models = {
+        "eunet_hippocampus": {
+            "spatial_dims": 3,
+            "channels": [8, 16],
+            "patch_size": [32, 32, 32],
+            "val_dice": {"mean": 0.5, "anterior": 0.25, "posterior": 0.75},
+        }
+    }
+    v = {x.name: x for x in generate_bundles.make_variants(models)}["eunet_hippocampus"]
+    assert generate_bundles.metadata(v)["eval_metrics"] == {
+        "val_dice_mean": 0.5,
+        "val_dice_anterior": 0.25,
+        "val_dice_posterior": 0.75,
+    }
+    assert "| anterior | 0.250 |" in generate_bundles.readme(v)
+    assert generate_bundles.inference_config(v)["inferer"]["_target_"] == "SlidingWindowInferer"
 
 
 def test_check_mode_reports_a_drifted_file(tmp_path, monkeypatch):
@@ -46,3 +72,16 @@ def test_check_mode_reports_a_drifted_file(tmp_path, monkeypatch):
     train = tmp_path / "eunet_spleen" / "configs" / "train.json"
     train.write_text(train.read_text().replace('"max_epochs": 50', '"max_epochs": 51'))
     assert generate_bundles.main(["--check"]) == 1
+
+
+def test_shipped_weights_are_not_ignored_by_git():
+    import subprocess
+
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "bundles/eunet_hippocampus/models/model.pt"], cwd=REPO, capture_output=True
+    )
+    assert ignored.returncode == 1  # not ignored
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "bundles/eunet_spleen/models/model.pt"], cwd=REPO, capture_output=True
+    )
+    assert ignored.returncode == 0

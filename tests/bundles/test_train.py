@@ -1,5 +1,5 @@
 """
-The user commands of ``eunet_spleen`` end to end, on the embedded real hippocampus subset with tiny widths: the
+The user commands of ``eunet_hippocampus`` end to end, on the embedded real hippocampus subset with tiny widths: the
 missing-data error, a short training run that lowers the loss and writes best/last checkpoints and TensorBoard
 logs, resuming from the last checkpoint, evaluate.json, and inference.json on the held-back cases (outputs on the
 input's grid). Every command runs from a scratch working directory: bundles find their folder themselves.
@@ -18,8 +18,8 @@ from tests.bundles.helpers import SAMPLE, TINY, cli, configs, overrides, train_l
 # One training run (module fixture) serves all tests here: keep them on one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("bundle_train")
 
-BUNDLE = "eunet_spleen"
-HIPPO = {"task": "hippocampus", "dataset_dir": SAMPLE, "learning_rate": 0.01, **TINY}
+BUNDLE = "eunet_hippocampus"
+HIPPO = {"dataset_dir": SAMPLE, "learning_rate": 0.01, **TINY, "patch_size": "[16, 16]"}  # a 2D network
 
 
 def run_train(workdir, *extra, config="train.json", **kwargs):
@@ -58,7 +58,7 @@ def test_training_lowers_the_loss_and_saves_checkpoints(trained):
 
 def test_resume_continues_from_the_last_checkpoint(trained):
     workdir, _ = trained
-    result = run_train(workdir, max_epochs=3)
+    result = run_train(workdir, max_epochs=3, resume=True)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     epochs = {line.split("Epoch: ", 1)[1].split(",")[0] for line in log.splitlines() if "Epoch: " in line}
