@@ -46,7 +46,12 @@ class Variant:
     arch: str  # plain architecture name
     eu: str  # EU name
     reference: str
+    network_args: tuple[tuple[str, object], ...] = ()  # extra network_def keys, each also a top-level override
 
+
+# Skip attention of the attention networks: "auto" = the papers' global attention in 2D, the linear-cost "reduced"
+# (keys/values pooled onto 8^3 cells) in 3D, where global attention over a 96^3 patch's 48^3 skip is unaffordable.
+ATTENTION_ARGS = (("attention", "auto"),)
 
 VARIANTS: tuple[Variant, ...] = (
     Variant(
@@ -76,6 +81,7 @@ VARIANTS: tuple[Variant, ...] = (
         "U-Net Transformer",
         "EU-Net Transformer",
         "Petit et al., U-Net Transformer, MLMI 2021",
+        ATTENTION_ARGS,
     ),
     Variant(
         "efen_eu_spleen",
@@ -83,6 +89,7 @@ VARIANTS: tuple[Variant, ...] = (
         "EFEN",
         "EFEN-EU",
         "EFEN (edge-feature enhancement network), see the eunets-monai papers folder",
+        ATTENTION_ARGS,
     ),
 )
 
@@ -143,6 +150,7 @@ def common_params(v: Variant) -> dict:
         "patch_size": None,
         "channels": [16, 32, 64, 128, 256],
         "mhex": True,
+        **dict(v.network_args),
         "preset": "$presets.get_task(@task)",
         "in_channels": "$@preset.in_channels",
         "out_channels": "$@preset.out_channels",
@@ -154,6 +162,7 @@ def common_params(v: Variant) -> dict:
             "out_channels": "@out_channels",
             "channels": "@channels",
             "mhex": "@mhex",
+            **{key: f"@{key}" for key, _ in v.network_args},
         },
         "network": "$@network_def.to(@device)",
     }
@@ -604,6 +613,20 @@ def _results_command(v: Variant, results: dict) -> str:
     return script + (f"\n# which runs the bundle command:\n{bundle_cmd}" if bundle_cmd else "")
 
 
+def _attention_doc(v: Variant) -> str:
+    """Variants-table row and note on the skip attention (only for the networks that have it)."""
+    if not dict(v.network_args).get("attention"):
+        return ""
+    return """| the papers' global skip attention in 3D as well (quadratic in the voxels) | `--attention global` |
+
+Skip attention (`--attention`, default `auto`): the papers work in 2D, where every skip position attends to every
+other (`global`), and `auto` keeps that in 2D. In 3D `auto` means `reduced`, a departure from the papers: the keys and
+values of each skip's cross-attention are average-pooled onto at most 8x8x8 cells (PVT v2's linear spatial-reduction
+attention, Wang et al. 2022), so every voxel still attends over the whole patch at a cost linear in the voxels
+(`eunets_monai.networks.blocks.attention.SkipCrossAttention`; side-by-side timings: `scripts/benchmark_networks.py`).
+"""
+
+
 def readme(v: Variant, results: dict) -> str:
     b = f"bundles/{v.name}"
     cmd = _results_command(v, results)
@@ -667,7 +690,7 @@ command, `scripts/quickstart.py`, trains on).
 | network width | `--channels "[32, 64, 128, 256, 512]"` |
 | another MSD task | `--task hippocampus --dataset_dir /data/Task04_Hippocampus` |
 | where outputs go | `--ckpt_dir DIR --output_dir DIR` |
-
+{_attention_doc(v)}
 ## Commands
 
 ```bash
