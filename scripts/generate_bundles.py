@@ -57,8 +57,14 @@ class Arch:
     arch: str  # plain architecture name
     eu: str  # EU name
     reference: str
-    # Extra network_def arguments of this architecture, for every bundle of it (e.g. {"attention": ...}).
+    # Extra network arguments of this architecture, for every bundle of it: each is a top-level config key (so
+    # ``--attention global`` overrides it) that network_def refers to.
     network_kwargs: dict = field(default_factory=dict, compare=False)
+
+
+# Skip attention of the attention networks: "auto" = the papers' global attention in 2D, the linear-cost "reduced"
+# (keys/values pooled onto 8^3 cells) in 3D, where global attention over a 96^3 patch's 48^3 skip is unaffordable.
+ATTENTION = {"attention": "auto"}
 
 
 ARCHS: tuple[Arch, ...] = (
@@ -83,6 +89,7 @@ ARCHS: tuple[Arch, ...] = (
         "U-Net Transformer",
         "EU-Net Transformer",
         "Petit et al., U-Net Transformer, MLMI 2021",
+        ATTENTION,
     ),
     Arch(
         "efen_eu",
@@ -90,6 +97,7 @@ ARCHS: tuple[Arch, ...] = (
         "EFEN",
         "EFEN-EU",
         "EFEN (edge-feature enhancement network), see the eunets-monai papers folder",
+        ATTENTION,
     ),
 )
 
@@ -336,6 +344,7 @@ def common_params(v: Variant) -> dict:
         "patch_size": list(v.patch_size),
         "channels": list(v.channels),
         "mhex": True,
+        **v.arch.network_kwargs,
         "in_channels": p.in_channels,
         "out_channels": p.out_channels,
         "sw_batch_size": 4,
@@ -348,7 +357,7 @@ def common_params(v: Variant) -> dict:
             "out_channels": "@out_channels",
             "channels": "@channels",
             "mhex": "@mhex",
-            **v.arch.network_kwargs,
+            **{key: f"@{key}" for key in v.arch.network_kwargs},
         },
         "network": "$@network_def.to(@device)",
     }
@@ -845,6 +854,20 @@ def _weights(v: Variant) -> str:
     )
 
 
+def _attention_doc(v: Variant) -> str:
+    """Overrides-table row and note on the skip attention (only for the networks that have it)."""
+    if "attention" not in v.arch.network_kwargs:
+        return ""
+    return """| the papers' global skip attention in 3D as well (quadratic in the voxels) | `--attention global` |
+
+Skip attention (`--attention`, default `auto`): the papers work in 2D, where every skip position attends to every
+other (`global`), and `auto` keeps that in 2D. In 3D `auto` means `reduced`, a departure from the papers: the keys and
+values of each skip's cross-attention are average-pooled onto at most 8x8x8 cells (PVT v2's linear spatial-reduction
+attention, Wang et al. 2022), so every voxel still attends over the whole patch at a cost linear in the voxels
+(`eunets_monai.networks.blocks.attention.SkipCrossAttention`; side-by-side timings: `scripts/benchmark_networks.py`).
+"""
+
+
 def readme(v: Variant) -> str:
     b = f"bundles/{v.name}"
     a = v.arch
@@ -918,7 +941,7 @@ image's grid, argmax to a uint8 class map.
 | network width | `--channels "[32, 64, 128, 256, 512]"` (depth = number of widths) |
 | patch / window size | `--patch_size "{list(v.patch_size)}"` |
 | where outputs go | `--ckpt_dir DIR --output_dir DIR` |
-
+{_attention_doc(v)}
 Another task or dimensionality changes the transforms, classes and metadata: that is another bundle (add it to
 `scripts/generate_bundles.py`), not an override.
 

@@ -36,8 +36,10 @@ def test_bundles_of_one_setting_differ_only_in_their_network_and_texts():
     groups: dict = {}
     for v in generate_bundles.VARIANTS:
         cfg = json.loads((BUNDLES / v.name / "configs" / "train.json").read_text())
-        for key in ("_target_", *v.arch.network_kwargs):
-            cfg["network_def"].pop(key)
+        cfg["network_def"].pop("_target_")
+        for key in v.arch.network_kwargs:  # network-specific arguments (e.g. attention), also overridable at top level
+            assert cfg["network_def"].pop(key) == f"@{key}"
+            cfg.pop(key)
         groups.setdefault((v.task, v.spatial_dims, v.channels, v.patch_size), []).append(cfg)
     for cfgs in groups.values():
         assert all(cfg == cfgs[0] for cfg in cfgs[1:])

@@ -7,7 +7,9 @@ Attention and positional-encoding blocks shared by the U-Net Transformer (Petit 
   flattened (raster) sequence of positions; computed for whatever size arrives, so padded inputs of any size work.
 - :py:func:`multihead_attention`: softmax(Q K^T / sqrt(d_k)) V split over heads (paper 003 eq. 8 and the AV of eq. 5).
 - :py:class:`SkipCrossAttention`: the multi-head cross-attention (MHCA) that filters a skip connection with the
-  coarser decoder features (U-Net Transformer's sigmoid gate; EFEN's ``FE' * op2(AV)`` of eqs. 5-9).
+  coarser decoder features (U-Net Transformer's sigmoid gate; EFEN's ``FE' * op2(AV)`` of eqs. 5-9), attending
+  globally (the papers) or, for 3D volumes, to keys/values average-pooled onto a small grid (``"reduced"``,
+  :py:func:`reduce_grid`), whose cost grows linearly with the number of voxels.
 - :py:class:`ImprovedSkip`: EFEN's improved skip connection R(FE', FD'), eq. 5.
 - :py:class:`BottleneckSelfAttention`: the U-Net Transformer's multi-head self-attention (MHSA) with positional
   encoding.
@@ -31,10 +33,13 @@ __all__ = [
     "add_positional_encoding",
     "grid_positional_encoding",
     "multihead_attention",
+    "reduce_grid",
+    "resolve_attention",
     "sinusoidal_encoding_1d",
 ]
 
 PE_MODES = ("axes", "sequence")
+ATTENTION_MODES = ("global", "reduced")
 
 
 def sinusoidal_encoding_1d(positions: torch.Tensor, d_model: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -143,13 +148,14 @@ def multihead_attention(
     """
     Scaled dot-product attention ``softmax(Q K^T * scale) V`` on ``num_heads`` channel groups, concatenated.
 
-    Runs on ``F.scaled_dot_product_attention``, which never materialises the (N, N) weights on backends with a
-    memory-efficient kernel (the finest skip of a 3D patch has tens of thousands of tokens).
+    Runs on ``F.scaled_dot_product_attention``, which does not materialise the (N, M) weights: on CPU (float32,
+    no mask, no dropout) PyTorch dispatches to its flash-attention CPU kernel, which works through blocks of
+    queries and keys; on CUDA to the flash (half precision) or memory-efficient (float32) kernels.
 
     Args:
         q: queries, (B, N, D).
-        k: keys, (B, N, D).
-        v: values, (B, N, Dv).
+        k: keys, (B, M, D).
+        v: values, (B, M, Dv).
         num_heads: heads h; D and Dv must be divisible by h.
         scale: logit scale; default ``1 / sqrt(D / h)``.
 
@@ -173,6 +179,40 @@ def multihead_attention(
     return out.transpose(1, 2).reshape(b, n, dv)
 
 
+def reduce_grid(x: torch.Tensor, size: int) -> torch.Tensor:
+    """
+    Average-pool a feature grid to at most ``size`` cells per spatial axis (``F.adaptive_avg_pool``: cell i of an
+    axis of length L averages positions ``floor(i L / s)`` to ``ceil((i + 1) L / s) - 1``); axes already no longer
+    than ``size`` are kept, so a grid within the budget comes back unchanged.
+
+    Args:
+        x: features, (B, C, *spatial), 2D or 3D.
+        size: most cells per axis after pooling.
+
+    Returns:
+        (B, C, *[min(L, size) for L in spatial]).
+
+    Examples::
+
+        >>> reduce_grid(torch.rand(1, 4, 48, 48, 48), 8).shape
+        torch.Size([1, 4, 8, 8, 8])
+    """
+    target = tuple(min(int(s), size) for s in x.shape[2:])
+    if target == tuple(x.shape[2:]):
+        return x
+    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[x.ndim - 2]
+    return pool(x, target)
+
+
+def resolve_attention(attention: str, spatial_dims: int) -> str:
+    """``"auto"`` -> ``"global"`` in 2D (the papers), ``"reduced"`` in 3D; any other value is checked and kept."""
+    if attention == "auto":
+        return "global" if spatial_dims < 3 else "reduced"
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be 'auto' or one of {ATTENTION_MODES}, got {attention!r}.")
+    return attention
+
+
 def _conv1x1(spatial_dims: int, cin: int, cout: int, act, norm, dropout: float = 0.0) -> Convolution:
     # a bias in front of a norm is cancelled by it (and would get a zero gradient), so only without a norm
     return Convolution(
@@ -187,11 +227,22 @@ class SkipCrossAttention(nn.Module):
     .. code-block:: text
 
         S' = S + P(S)                      Y' = Y + P(Y)
-        V  = op1(S') W_V                   op1 = max-pool 2, 1x1 conv, norm, act      (to Y's grid)
-        Q  = q_in(Y') W_Q,  K = q_in(Y') W_K   q_in = 1x1 conv, norm, act (U-Net Transformer) or identity (EFEN)
+        V  = r(op1(S')) W_V                op1 = max-pool 2, 1x1 conv, norm, act      (to Y's grid)
+        Q  = q_in(Y') W_Q,  K = r(q_in(Y')) W_K   q_in = 1x1 conv, norm, act (U-Net Transformer) or identity (EFEN)
         A  = softmax(Q K^T / sqrt(d_k))    per head
         G  = up(gate(A V))                 gate = 1x1 conv, norm, sigmoid (U-Net Transformer) / act (EFEN op2)
         out = G * S   (U-Net Transformer)   or   G * S' (EFEN eq. 5)
+
+    with ``r`` the identity (``attention="global"``, the papers: every position of Y's grid attends to every other,
+    N^2 pairs for N positions) or :py:func:`reduce_grid` (``attention="reduced"``): keys and values are average-pooled
+    onto at most ``kv_size`` cells per axis, so each of the N queries attends to at most ``kv_size ** spatial_dims``
+    keys and the cost grows linearly with N. This is the "linear spatial-reduction attention" of PVT v2 (Wang et al.,
+    "PVT v2: Improved baselines with Pyramid Vision Transformer", Computational Visual Media 8, 2022), without its
+    extra conv/norm after the pooling (the pooled sources are already conv/norm/act outputs, and W_K, W_V are linear,
+    so pooling before or after them is the same). Every query still sees the whole volume, which is what the skip
+    gate is for (suppressing regions far from the organ using the coarse decoder's context); windowed attention
+    (Swin) would limit a single gate to a local window. A grid no larger than ``kv_size`` on every axis (the deep
+    skips) gets exactly the global attention.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -205,12 +256,18 @@ class SkipCrossAttention(nn.Module):
         act: activation of op1 and q_in, as MONAI's ``Act`` factory takes it.
         norm: normalisation, as MONAI's ``Norm`` factory takes it.
         pe_mode: positional encoding mode, see :py:func:`grid_positional_encoding`.
+        attention: ``"global"`` (the papers) or ``"reduced"`` (keys/values pooled to ``kv_size`` cells per axis);
+            ``"auto"``: global in 2D, reduced in 3D.
+        kv_size: cells per axis of the pooled key/value grid of ``"reduced"`` attention.
 
     Examples::
 
         >>> mhca = SkipCrossAttention(2, skip_channels=32, query_channels=64, num_heads=4)
         >>> mhca(torch.rand(1, 64, 8, 8), torch.rand(1, 32, 16, 16)).shape
         torch.Size([1, 32, 16, 16])
+        >>> fast = SkipCrossAttention(3, skip_channels=16, query_channels=32, num_heads=2, attention="reduced")
+        >>> fast(torch.rand(1, 32, 24, 24, 24), torch.rand(1, 16, 48, 48, 48)).shape  # 13824 queries x 512 keys
+        torch.Size([1, 16, 48, 48, 48])
     """
 
     def __init__(
@@ -225,12 +282,18 @@ class SkipCrossAttention(nn.Module):
         act: str | tuple = "relu",
         norm: str | tuple | None = "batch",
         pe_mode: str = "axes",
+        attention: str = "global",
+        kv_size: int = 8,
     ) -> None:
         super().__init__()
         if skip_channels % num_heads:
             raise ValueError(f"skip_channels={skip_channels} must be divisible by num_heads={num_heads}.")
         if pe_mode not in PE_MODES:
             raise ValueError(f"pe_mode must be one of {PE_MODES}, got {pe_mode!r}.")
+        if kv_size < 1:
+            raise ValueError(f"kv_size must be a positive number of cells per axis, got {kv_size}.")
+        self.attention = resolve_attention(attention, spatial_dims)
+        self.kv_size = kv_size
         self.num_heads = num_heads
         self.gate_encoded = gate_encoded
         self.pe_mode = pe_mode
@@ -261,8 +324,11 @@ class SkipCrossAttention(nn.Module):
             )
         y_pe = add_positional_encoding(y, self.pe_mode)
         qk = self.query_in(y_pe) if self.query_in is not None else y_pe
-        qk = _tokens(qk)
-        z = multihead_attention(self.w_q(qk), self.w_k(qk), self.w_v(_tokens(value_grid)), self.num_heads)
+        key_grid = qk
+        if self.attention == "reduced":
+            key_grid, value_grid = reduce_grid(qk, self.kv_size), reduce_grid(value_grid, self.kv_size)
+        q, k, v = self.w_q(_tokens(qk)), self.w_k(_tokens(key_grid)), self.w_v(_tokens(value_grid))
+        z = multihead_attention(q, k, v, self.num_heads)
         gate = self.gate(_grid(z, y.shape[2:]))
         gate = F.interpolate(gate, size=skip.shape[2:], mode=_linear(skip.ndim - 2), align_corners=False)
         return gate, skip_pe
@@ -298,6 +364,8 @@ class ImprovedSkip(nn.Module):
         norm: normalisation type, as MONAI's ``Norm`` factory takes it.
         dropout: dropout after op3's norm.
         pe_mode: positional encoding mode, see :py:func:`grid_positional_encoding`.
+        attention: ``"global"`` (paper 003), ``"reduced"`` or ``"auto"``, see :py:class:`SkipCrossAttention`.
+        kv_size: cells per axis of the pooled key/value grid of ``"reduced"`` attention.
 
     Examples::
 
@@ -316,6 +384,8 @@ class ImprovedSkip(nn.Module):
         norm: str | tuple | None = "batch",
         dropout: float = 0.0,
         pe_mode: str = "axes",
+        attention: str = "global",
+        kv_size: int = 8,
     ) -> None:
         super().__init__()
         self.pe_mode = pe_mode
@@ -330,6 +400,8 @@ class ImprovedSkip(nn.Module):
             act=act,
             norm=norm,
             pe_mode=pe_mode,
+            attention=attention,
+            kv_size=kv_size,
         )
         # no bias on the 3x3 conv either: only a linear 1x1 conv separates it from the norm
         self.op3 = nn.Sequential(

@@ -46,8 +46,12 @@ stage and the output conv. D1's stages feed the main path too (D1 and E2), but h
 2 x 0.088M > the 0.1M MHEX+ budget at the paper-000 setting, and D2's deep predictions are the ones nearest the
 final output the CAMs explain. Residual double convs (sec. 3.4) are used in the Psi blocks of both decoders.
 
-Cost: every R attends globally over its skip's half-resolution grid (quadratic in the tokens): the finest skip of
-a 96^3 patch has 110k tokens. Keep 3D patches moderate.
+Cost (``attention``): paper 003's R attends globally over its skip's half-resolution grid, quadratic in the tokens:
+the finest skip of a 96^3 patch has 110k tokens, and EFEN has two such decoders. ``attention="reduced"`` (the
+default in 3D, via ``"auto"``; a departure from the 2D paper) average-pools R's keys and values onto at most
+``kv_size`` (8) cells per axis (PVT v2's linear spatial-reduction attention, see
+:py:class:`~eunets_monai.networks.blocks.attention.SkipCrossAttention`), so the cost is linear in the voxels while
+every query still attends over the whole volume. In 2D ``"auto"`` keeps the paper's global attention.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class EFENUpBlock(nn.Module):
         residual: residual double conv (EU variants).
         num_heads: attention heads of R.
         pe_mode: positional encoding mode of R.
+        attention: ``"global"``, ``"reduced"`` or ``"auto"``, see :py:class:`EFEN`.
+        kv_size: cells per axis of the pooled key/value grid of ``"reduced"`` attention.
 
     Examples::
 
@@ -108,9 +114,13 @@ class EFENUpBlock(nn.Module):
         residual: bool = False,
         num_heads: int = 1,
         pe_mode: str = "axes",
+        attention: str = "global",
+        kv_size: int = 8,
     ) -> None:
         super().__init__()
-        self.skip = ImprovedSkip(spatial_dims, skip_channels, in_channels, num_heads, act, norm, dropout, pe_mode)
+        self.skip = ImprovedSkip(
+            spatial_dims, skip_channels, in_channels, num_heads, act, norm, dropout, pe_mode, attention, kv_size
+        )
         # R has 2 C_E channels: the gated skip and op3(FD')
         self.up = UpBlock(
             spatial_dims, in_channels, 2 * skip_channels, skip_channels, act, norm, dropout, residual=residual
@@ -143,6 +153,9 @@ class EFEN(EUNetBase):
         residual: residual decoder double convs; defaults to ``mhex``.
         num_heads: attention heads of every improved skip (paper 003: 1); must divide ``channels[:-1]``.
         pe_mode: ``"axes"`` (Box 1 per spatial axis) or ``"sequence"`` (Box 1 on the raster index).
+        attention: R's attention over ``"global"`` keys (paper 003) or ``"reduced"`` (keys/values average-pooled to
+            ``kv_size`` cells per axis, cost linear in the voxels); ``"auto"``: global in 2D, reduced in 3D.
+        kv_size: cells per axis of the pooled key/value grid of ``"reduced"`` attention.
 
     Inputs of any spatial size are accepted (zero-padded to a multiple of ``2 ** (len(channels) - 1)`` and cropped
     back).
@@ -167,6 +180,8 @@ class EFEN(EUNetBase):
         residual: bool | None = None,
         num_heads: int = 1,
         pe_mode: str = "axes",
+        attention: str = "auto",
+        kv_size: int = 8,
     ) -> None:
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {channels}.")
@@ -179,7 +194,17 @@ class EFEN(EUNetBase):
         def decoder() -> nn.ModuleList:
             return nn.ModuleList(
                 EFENUpBlock(
-                    spatial_dims, channels[i + 1], channels[i], act, norm, dropout, residual, num_heads, pe_mode
+                    spatial_dims,
+                    channels[i + 1],
+                    channels[i],
+                    act,
+                    norm,
+                    dropout,
+                    residual,
+                    num_heads,
+                    pe_mode,
+                    attention,
+                    kv_size,
                 )
                 for i in levels
             )

@@ -22,9 +22,13 @@ Choices where the paper leaves room (all documented so the count below can be ch
   channels), computed for the actual grid in every forward pass, so any (padded) input size works in 2D and 3D.
 - The MHCA gate multiplies the skip features S themselves (the positional encoding only informs the attention).
 
-Cost: MHCA attends globally over the half-resolution grid of each skip, so the finest one has (H W D / 8) tokens.
-``F.scaled_dot_product_attention`` keeps memory linear in the tokens where a memory-efficient kernel exists, but
-the compute is quadratic: keep 3D patches moderate (e.g. 96^3 gives 110k tokens at the finest skip).
+Cost (``attention``): the paper's MHCA attends globally over the half-resolution grid of each skip, so the finest
+skip of a 96^3 patch has 48^3 = 110,592 tokens and 1.2e10 query-key pairs per head: affordable in 2D (the paper's
+setting), not in 3D. ``attention="reduced"`` (the default in 3D, via ``"auto"``) average-pools the keys and values
+onto at most ``kv_size`` (8) cells per axis (PVT v2's linear spatial-reduction attention, see
+:py:class:`~eunets_monai.networks.blocks.attention.SkipCrossAttention`): every query still attends over the whole
+volume, at a cost linear in the voxels. In 2D ``"auto"`` keeps the paper's global attention. The bottleneck MHSA
+(6^3 = 216 tokens for a 96^3 patch) stays global.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class UNetTransformer(EUNetBase):
         num_heads: heads of the MHSA and of every MHCA; must divide every width in ``channels``.
         pe_mode: positional encoding, ``"axes"`` (per spatial axis) or ``"sequence"`` (raster order), see
             :py:func:`~eunets_monai.networks.blocks.attention.grid_positional_encoding`.
+        attention: MHCA over ``"global"`` keys (the paper) or ``"reduced"`` (keys/values average-pooled to
+            ``kv_size`` cells per axis, cost linear in the voxels); ``"auto"``: global in 2D, reduced in 3D.
+        kv_size: cells per axis of the pooled key/value grid of ``"reduced"`` attention.
 
     Inputs of any spatial size are accepted (zero-padded to a multiple of ``2 ** (len(channels) - 1)`` and cropped
     back).
@@ -85,6 +92,8 @@ class UNetTransformer(EUNetBase):
         residual: bool | None = None,
         num_heads: int = 8,
         pe_mode: str = "axes",
+        attention: str = "auto",
+        kv_size: int = 8,
     ) -> None:
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {channels}.")
@@ -98,7 +107,16 @@ class UNetTransformer(EUNetBase):
         levels = list(reversed(range(len(channels) - 1)))  # deepest decoder stage first
         self.mhca = nn.ModuleList(
             SkipCrossAttention(
-                spatial_dims, channels[i], channels[i + 1], num_heads, "sigmoid", act=act, norm=norm, pe_mode=pe_mode
+                spatial_dims,
+                channels[i],
+                channels[i + 1],
+                num_heads,
+                "sigmoid",
+                act=act,
+                norm=norm,
+                pe_mode=pe_mode,
+                attention=attention,
+                kv_size=kv_size,
             )
             for i in levels
         )

@@ -17,6 +17,8 @@ from eunets_monai.networks.blocks.attention import (
     add_positional_encoding,
     grid_positional_encoding,
     multihead_attention,
+    reduce_grid,
+    resolve_attention,
     sinusoidal_encoding_1d,
 )
 
@@ -101,10 +103,11 @@ def slow_attention(q, k, v, num_heads, scale=None):
     b, n, d = q.shape
     dh, dvh = d // num_heads, v.shape[2] // num_heads
     scale = 1 / math.sqrt(dh) if scale is None else scale
+    m = k.shape[1]
     out = torch.zeros(b, n, v.shape[2], dtype=torch.float64)
     for bi, h, i in itertools.product(range(b), range(num_heads), range(n)):
         logits = [
-            scale * sum(q[bi, i, h * dh + c].item() * k[bi, j, h * dh + c].item() for c in range(dh)) for j in range(n)
+            scale * sum(q[bi, i, h * dh + c].item() * k[bi, j, h * dh + c].item() for c in range(dh)) for j in range(m)
         ]
         top = max(logits)
         weights = [math.exp(x - top) for x in logits]
@@ -114,10 +117,10 @@ def slow_attention(q, k, v, num_heads, scale=None):
     return out.float()
 
 
-@pytest.mark.parametrize("num_heads", [1, 2])
-def test_multihead_attention_matches_slow_loops(num_heads):
+@pytest.mark.parametrize("num_heads,keys", [(1, 5), (2, 5), (2, 3)])
+def test_multihead_attention_matches_slow_loops(num_heads, keys):
     torch.manual_seed(0)
-    q, k, v = torch.randn(2, 5, 4), torch.randn(2, 5, 4), torch.randn(2, 5, 6)
+    q, k, v = torch.randn(2, 5, 4), torch.randn(2, keys, 4), torch.randn(2, keys, 6)
     torch.testing.assert_close(multihead_attention(q, k, v, num_heads), slow_attention(q, k, v, num_heads))
     with pytest.raises(ValueError, match="divisible by num_heads"):
         multihead_attention(q, k, v, num_heads=3)
@@ -137,13 +140,29 @@ def slow_max_pool(x):
     return out
 
 
+def slow_reduce(x, size):
+    """Average over explicit cells: cell i of an axis of length L covers floor(i L / s) .. ceil((i + 1) L / s) - 1."""
+    shape = x.shape[2:]
+    target = [min(n, size) for n in shape]
+    out = torch.empty(*x.shape[:2], *target)
+    for cell in itertools.product(*(range(s) for s in target)):
+        window = tuple(slice(i * n // s, -(-(i + 1) * n // s)) for i, n, s in zip(cell, shape, target))
+        out[(..., *cell)] = x[(..., *window)].flatten(2).mean(dim=2)
+    return out
+
+
 def reference_mhca(m: SkipCrossAttention, y, skip, heads):
-    """MHCA written out: S' = S + P(S), V = op1(S') W_V, Q/K = q_in(Y') W_Q/K, G = up(gate(AV)), out = G * S(')."""
+    """
+    MHCA written out: S' = S + P(S), V = r(op1(S')) W_V, Q = q_in(Y') W_Q, K = r(q_in(Y')) W_K, G = up(gate(AV)),
+    out = G * S('), with r the identity (global) or the explicit cell average (reduced).
+    """
+    reduce = (lambda g: slow_reduce(g, m.kv_size)) if m.attention == "reduced" else (lambda g: g)
     skip_pe = skip + slow_axes_encoding(skip.shape[2:], skip.shape[1])
     y_pe = y + slow_axes_encoding(y.shape[2:], y.shape[1])
     value_grid = m.value_in(slow_max_pool(skip_pe))
-    qk = tokens(m.query_in(y_pe) if m.query_in is not None else y_pe)
-    q, k, v = qk @ m.w_q.weight.t(), qk @ m.w_k.weight.t(), tokens(value_grid) @ m.w_v.weight.t()
+    qk_grid = m.query_in(y_pe) if m.query_in is not None else y_pe
+    qk, k_src, v_src = tokens(qk_grid), tokens(reduce(qk_grid)), tokens(reduce(value_grid))
+    q, k, v = qk @ m.w_q.weight.t(), k_src @ m.w_k.weight.t(), v_src @ m.w_v.weight.t()
     z = slow_attention(q, k, v, heads).transpose(1, 2).reshape(y.shape[0], -1, *y.shape[2:])
     mode = "bilinear" if y.ndim == 4 else "trilinear"
     gate = F.interpolate(m.gate(z), size=skip.shape[2:], mode=mode, align_corners=False)
@@ -174,6 +193,62 @@ def test_unet_transformer_mhca_sigmoid_gate_matches_reference(spatial_dims):
     assert ((gate > 0) & (gate < 1)).all(), "the U-Net Transformer gate is a sigmoid map"
     with torch.no_grad():
         assert m(y, torch.zeros_like(skip)).abs().max() == 0, "MHCA only filters the skip, it adds nothing to it"
+
+
+@pytest.mark.parametrize("spatial_dims,grid", [(2, (7, 5)), (3, (5, 3, 4))])
+def test_reduced_mhca_matches_reference(spatial_dims, grid):
+    # kv_size 2: axes of 3, 4, 5, 7 are pooled into overlapping / uneven cells, so the cell bounds are exercised
+    torch.manual_seed(3)
+    m = SkipCrossAttention(spatial_dims, skip_channels=4, query_channels=6, num_heads=2, attention="reduced", kv_size=2)
+    m = randomise_norms(m)
+    y, skip = torch.randn(2, 6, *grid), torch.randn(2, 4, *(2 * g for g in grid))
+    with torch.no_grad():
+        _, expected = reference_mhca(m, y, skip, 2)
+        out = m(y, skip)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        m.attention = "global"
+        assert not torch.allclose(m(y, skip), out, atol=1e-4), "the reduction must change a grid over the budget"
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_reduced_equals_global_within_the_budget(spatial_dims):
+    torch.manual_seed(4)
+    grid = (4, 3) if spatial_dims == 2 else (4, 3, 2)
+    y, skip = torch.randn(1, 8, *grid), torch.randn(1, 4, *(2 * g for g in grid))
+    kwargs = {"skip_channels": 4, "query_channels": 8, "num_heads": 2}
+    fast = SkipCrossAttention(spatial_dims, attention="reduced", kv_size=4, **kwargs).eval()
+    paper = SkipCrossAttention(spatial_dims, attention="global", **kwargs).eval()
+    paper.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fast(y, skip), paper(y, skip))
+
+
+@pytest.mark.parametrize("shape,size", [((7, 5), 3), ((5, 3, 4), 2), ((9, 8, 6), 4), ((3, 2, 4), 8)])
+def test_reduce_grid_matches_explicit_cells(shape, size):
+    x = torch.randn(2, 3, *shape)
+    out = reduce_grid(x, size)
+    assert out.shape[2:] == tuple(min(s, size) for s in shape)
+    torch.testing.assert_close(out, slow_reduce(x, size))
+
+
+def test_attention_modes_resolve():
+    assert resolve_attention("auto", 2) == "global" and resolve_attention("auto", 3) == "reduced"
+    assert SkipCrossAttention(3, 4, 8).attention == "global", "the block itself keeps the papers' default"
+    assert ImprovedSkip(3, 4, 8, attention="auto").cross.attention == "reduced"
+    with pytest.raises(ValueError, match="attention must be 'auto' or one of"):
+        SkipCrossAttention(2, 4, 8, attention="window")
+    with pytest.raises(ValueError, match="kv_size must be a positive"):
+        SkipCrossAttention(3, 4, 8, attention="reduced", kv_size=0)
+
+
+def test_attention_never_materialises_the_weights():
+    # 4096 queries x 4096 keys x 2 heads would be a 128 MiB float32 weight matrix; the fused kernel works in blocks
+    n, heads = 4096, 2
+    q, k, v = (torch.randn(1, n, 8, requires_grad=True) for _ in range(3))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        multihead_attention(q, k, v, heads).sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.key_averages())
+    assert 0 < largest < n * n * heads * 4 / 16
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -50,3 +50,46 @@ def test_paper_parameter_counts():
     extra = count_parameters(plain) - count_parameters(UNet(2, 1, 2))
     assert count_parameters(eu) - count_parameters(EUNet(2, 1, 2)) == extra
     assert extra == count_parameters(plain.mhsa) + count_parameters(plain.mhca)
+
+
+def pinned_output_stats(net, spatial_dims: int) -> list[float]:
+    """Sum, sum of squares and a strided sum of the eval logits of a seeded input (pinned before ``attention``)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 1, *((12, 20) if spatial_dims == 2 else (8, 12, 8)), generator=g)
+    with torch.no_grad():
+        y = net.eval()(x).double()
+    return [y.sum().item(), (y * y).sum().item(), y.flatten()[::37].sum().item()]
+
+
+# Outputs of the code before the ``attention`` option existed (seed 0, widths 4-8-16): the papers' global attention
+# must stay bit-for-bit the same by default in 2D, and when asked for explicitly in 3D.
+PINNED = {
+    (2, False): [18.841306, 5.088324, 0.445301],
+    (2, True): [34.963234, 72.133443, 0.568619],
+    (3, False): [65.536745, 14.946815, 1.797892],
+    (3, True): [106.014809, 239.084307, 2.907666],
+}
+
+
+@pytest.mark.parametrize("spatial_dims,mhex", list(PINNED))
+def test_outputs_unchanged_for_the_papers_attention(spatial_dims, mhex):
+    attention = {} if spatial_dims == 2 else {"attention": "global"}
+    torch.manual_seed(0)
+    net = UNetTransformer(spatial_dims, 1, 2, channels=SMALL, mhex=mhex, num_heads=2, **attention)
+    assert pinned_output_stats(net, spatial_dims) == pytest.approx(PINNED[(spatial_dims, mhex)], rel=1e-4, abs=1e-5)
+
+
+def test_attention_option_defaults_global_in_2d_reduced_in_3d():
+    modes = {
+        sd: {
+            m.attention
+            for m in UNetTransformer(sd, 1, 2, channels=SMALL, num_heads=2).modules()
+            if isinstance(m, SkipCrossAttention)
+        }
+        for sd in (2, 3)
+    }
+    assert modes == {2: {"global"}, 3: {"reduced"}}
+    net = UNetTransformer(3, 1, 2, channels=SMALL, num_heads=2, attention="global", kv_size=3)
+    assert {(m.attention, m.kv_size) for m in net.modules() if isinstance(m, SkipCrossAttention)} == {("global", 3)}
+    with pytest.raises(ValueError, match="attention must be"):
+        UNetTransformer(3, 1, 2, channels=SMALL, num_heads=2, attention="swin")
