@@ -160,6 +160,8 @@ def _dicom_cases(folder: Path) -> list[CaseInput]:
 
 
 def _folder_cases(folder: Path, exclude: Path | None) -> list[CaseInput]:
+    if exclude is not None and (exclude == folder.resolve() or exclude in folder.resolve().parents):
+        exclude = None  # output folder = input folder: only the outputs' own names are skipped
     cases: list[CaseInput] = []
     ignored: list[str] = []
     for root, dirs, files in os.walk(folder):
@@ -204,26 +206,27 @@ def safe_case_name(name: str) -> str:
 
 
 def _unique_names(cases: list[CaseInput]) -> list[CaseInput]:
-    """Disambiguate cases whose names collide (``a.nii`` and ``a.nii.gz``; ``x/img.nii.gz`` and ``y/img.nii.gz``)."""
+    """
+    Disambiguate cases whose names collide: ``a.nii`` / ``a.nii.gz`` in one folder get their suffix
+    (``a_nii``, ``a_nii_gz``), ``x/img.nii.gz`` / ``y/img.nii.gz`` their folder (``x_img``, ``y_img``), then a counter.
+    """
     cases = [CaseInput(safe_case_name(c.name), c.path, c.series_uid) for c in cases]
-    for attempt in range(3):
-        counts: dict[str, int] = {}
+    for attempt in range(2):
+        groups: dict[str, list[CaseInput]] = {}
         for c in cases:
-            counts[c.name] = counts.get(c.name, 0) + 1
-        if all(v == 1 for v in counts.values()):
-            return cases
+            groups.setdefault(c.name, []).append(c)
         renamed = []
         for c in cases:
-            if counts[c.name] == 1:
+            group = groups[c.name]
+            p = Path(c.path)
+            if len(group) == 1 or c.series_uid is not None:
                 renamed.append(c)
                 continue
-            p = Path(c.path)
-            if attempt == 0:  # the parent folder tells x/img from y/img
-                new = f"{p.parent.name}_{c.name}" if c.series_uid is None else c.name
-            elif attempt == 1:  # the suffix tells a.nii from a.nii.gz
+            same_folder = sum(Path(o.path).parent == p.parent for o in group) > 1
+            if same_folder if attempt == 0 else not same_folder:
                 new = f"{c.name}_{p.name[len(_stem(p)) :].strip('.').replace('.', '_')}"
             else:
-                new = c.name
+                new = f"{p.parent.name}_{c.name}"
             renamed.append(CaseInput(safe_case_name(new), c.path, c.series_uid))
         cases = renamed
     seen: dict[str, int] = {}
@@ -293,7 +296,8 @@ def collect_inputs(
             if not matches:
                 problems.append((text, "the pattern matches no file"))
                 continue
-            paths = [Path(m) for m in matches]
+            # A pattern such as out/*.nii.gz also matches outputs of this tool: those are never inputs.
+            paths = [Path(m) for m in matches if not _skipped(Path(m), skip)]
         else:
             paths = [Path(text).expanduser()]
         for path in paths:
