@@ -162,7 +162,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, tiny_bundle, cap
 
 
 @pytest.mark.skipif(
-    os.geteuid() == 0, reason="root writes into read-only folders; the path-under-a-file case covers it"
+    os.geteuid() == 0, reason="root writes into read-only folders (the path-under-a-file test covers root)"
 )
 def test_read_only_output_folder_is_refused(tmp_path, tiny_bundle, capsys):
     out = tmp_path / "ro"
