@@ -159,7 +159,7 @@ def _dicom_cases(folder: Path) -> list[CaseInput]:
     return [CaseInput(f"{folder.name}_series{i}", str(folder), uid) for i, uid in enumerate(sorted(series), 1)]
 
 
-def _folder_cases(folder: Path, exclude: Path | None) -> list[CaseInput]:
+def _folder_cases(folder: Path, exclude: Path | None, problems: list[tuple[str, str]]) -> list[CaseInput]:
     if exclude is not None and (exclude == folder.resolve() or exclude in folder.resolve().parents):
         exclude = None  # output folder = input folder: only the outputs' own names are skipped
     cases: list[CaseInput] = []
@@ -181,7 +181,10 @@ def _folder_cases(folder: Path, exclude: Path | None) -> list[CaseInput]:
             else:
                 ignored.append(str(p))
         if dicom:
-            cases += _dicom_cases(root_path)
+            try:
+                cases += _dicom_cases(root_path)
+            except DataError as e:  # one bad series folder must not hide the others
+                problems.append((str(root_path), str(e).removeprefix(f"{root_path}: ")))
     if ignored:
         logger.info(f"{folder}: ignored {len(ignored)} file(s) that are not images, e.g. {ignored[0]}")
     return cases
@@ -302,7 +305,7 @@ def collect_inputs(
             paths = [Path(text).expanduser()]
         for path in paths:
             try:
-                cases += _source_cases(path, split, skip)
+                cases += _source_cases(path, split, skip, problems)
             except (DataError, InputError) as e:
                 problems.append((str(path), str(e)))
     if not cases:
@@ -313,12 +316,13 @@ def collect_inputs(
     return _unique_names(unique), problems
 
 
-def _source_cases(path: Path, split: str, exclude: Path | None) -> list[CaseInput]:
+def _source_cases(path: Path, split: str, exclude: Path | None, problems: list) -> list[CaseInput]:
     if not path.exists():
         raise InputError("no such file or folder")
     if path.is_dir():
-        cases = _folder_cases(path, exclude)
-        if not cases:
+        before = len(problems)
+        cases = _folder_cases(path, exclude, problems)
+        if not cases and len(problems) == before:
             raise InputError("no images in this folder (NIfTI, NRRD, MHA/MHD or DICOM)")
         return cases
     name = path.name.lower()
