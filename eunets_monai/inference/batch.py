@@ -20,10 +20,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.data.image_writer import NibabelWriter
 from monai.transforms import Compose
 from torch import nn
 
@@ -153,24 +153,25 @@ def load_checkpoint(network: nn.Module, ckpt_path: str | os.PathLike, key: str =
 
 def atomic_write_nifti(array: torch.Tensor | np.ndarray, meta: Mapping, path: Path, dtype: np.dtype) -> Path:
     """
-    Write a channel-first array (C, *spatial) as NIfTI with the affine in ``meta`` through MONAI's
-    ``NibabelWriter``: into a temporary file beside ``path`` that replaces ``path`` only once complete.
+    Write a channel-first array (C, *spatial) as NIfTI with the affine in ``meta`` (the input's, after ``Invertd``)
+    through nibabel, as stored: no resampling (MONAI's writer resampled, and failed for sagittal/coronal stacks) and
+    no squeezing (single-slice inputs keep their shape). The data go to a temporary file beside ``path`` that
+    replaces ``path`` only once complete.
 
     A single channel is written as a 3D volume; C > 1 channels become the last (4th) NIfTI axis.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes[-2:])}")
     data = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    if data.shape[0] == 1:
-        data = data[0]
-        channel_dim = None
-    else:
-        channel_dim = 0
+    data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+    affine = meta["affine"]
+    affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     try:
-        writer = NibabelWriter(output_dtype=dtype)
-        writer.set_data_array(data, channel_dim=channel_dim, squeeze_end_dims=True)
-        writer.set_metadata({"affine": meta["affine"], "original_affine": meta["affine"]}, resample=False)
-        writer.write(str(tmp), verbose=False)
+        image = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine)
+        image.header.set_qform(affine, code=1)
+        image.header.set_sform(affine, code=1)
+        image.header.set_xyzt_units("mm", "sec")
+        nib.save(image, str(tmp))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
