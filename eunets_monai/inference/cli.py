@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (created; checked writable before any work)")
     p.add_argument("--ckpt", help="checkpoint to load instead of BUNDLE/models/model.pt")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the bundle's inference.json, as the bundle was trained (repeatable; VALUE is JSON or "
+        "text), e.g. --set spatial_dims=2 --set task=hippocampus --set channels=[16,32,64,128]",
+    )
+    p.add_argument(
         "--outputs",
         default=None,
         help="comma-separated subset of seg,cam,uncertainty (default: all the network supports)",
@@ -96,10 +104,24 @@ def _parse_outputs(text: str | None, network) -> tuple[str, ...]:
     return outputs
 
 
-def load_bundle(bundle: str | os.PathLike) -> dict:
+def _overrides(pairs: Sequence[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set spatial_dims=2.")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def load_bundle(bundle: str | os.PathLike, overrides: Mapping | None = None) -> dict:
     """
     The parts of a bundle's ``configs/inference.json`` inference needs: ``network`` (on the CPU), ``preprocessing``,
-    ``preset`` (task), ``spatial_dims``, ``patch_size`` and ``class_names``.
+    ``preset`` (task), ``spatial_dims``, ``patch_size`` and ``class_names``; ``overrides`` replace config keys
+    (as ``monai.bundle run --key value`` does).
 
     Raises:
         CliError: one line when the folder is not a bundle or its config does not parse.
@@ -114,6 +136,8 @@ def load_bundle(bundle: str | os.PathLike) -> dict:
     try:
         parser.read_config(str(config))
         parser["bundle_root"] = str(root.resolve())
+        for key, value in (overrides or {}).items():
+            parser[key] = value
         parts = {
             key: parser.get_parsed_content(key)
             for key in ("network_def", "preprocessing", "preset", "spatial_dims", "patch_size")
@@ -231,10 +255,15 @@ def run(args: argparse.Namespace) -> int:
     removed = clean_stale_temps(output)
     if removed:
         logger.info(f"removed {removed} temporary file(s) left by an interrupted run in {output}")
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle, _overrides(args.set))
     network = bundle["network"]
     load_weights(network, args.ckpt or bundle["root"] / "models" / "model.pt", bundle["root"])
     outputs = _parse_outputs(args.outputs, network)
+    if args.previews:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CliError("--previews needs matplotlib: pip install matplotlib") from None
     try:
         cases, problems = collect_inputs(args.inputs, split=args.split, exclude=output)
     except InputError as e:
@@ -250,10 +279,7 @@ def run(args: argparse.Namespace) -> int:
     previous = read_previous_summary(output)
     on_case = None
     if args.previews:
-        from eunets_monai.inference.previews import case_preview
-
-        def on_case(case, volume, written):
-            case_preview(volume, written, output / "previews" / f"{case.name}.png", bundle["class_names"])
+        on_case = _preview_hook(output, bundle["class_names"])
 
     rows = run_cases(
         mine, predictor, output, bundle["class_names"], args.overwrite, not args.quiet and rank == 0, previous, on_case
@@ -300,6 +326,20 @@ def _predictor(args, bundle: Mapping, network, outputs: Sequence[str], rank: int
         )
     except ValueError as e:
         raise CliError(str(e)) from None
+
+
+def _preview_hook(output: Path, class_names: Sequence[str]):
+    from eunets_monai.inference.previews import case_preview
+
+    def on_case(case, volume, maps) -> str | None:
+        try:
+            case_preview(volume, maps, output / "previews" / f"{case.name}.png", class_names, case.name)
+        except Exception as e:  # a preview is a convenience: its failure never fails the case
+            logger.error(f"{case.path}: preview not drawn: {type(e).__name__}: {e}")
+            return f"preview not drawn ({type(e).__name__})"
+        return None
+
+    return on_case
 
 
 def _gather(rows: list[dict], rank: int, world: int, output: Path) -> list[dict]:

@@ -246,7 +246,7 @@ def run_cases(
     overwrite: bool = False,
     progress: bool = True,
     previous: Mapping[str, dict] | None = None,
-    on_case: Callable[[CaseInput, ImageVolume, dict[str, Path]], None] | None = None,
+    on_case: Callable[[CaseInput, ImageVolume, dict[str, np.ndarray]], str | None] | None = None,
 ) -> list[dict]:
     """
     Run ``predictor`` over ``cases``, writing each case as a unit; never stops for a bad case.
@@ -259,7 +259,8 @@ def run_cases(
         overwrite: redo cases whose outputs all exist (else they are skipped).
         progress: a progress bar over cases.
         previous: case name -> its row of an earlier summary (kept for skipped cases).
-        on_case: called after a case is written (e.g. to draw its preview).
+        on_case: called with (case, volume, maps) after a case is written (to draw its preview); a string it returns
+            is added to the case's warnings.
 
     Returns:
         one summary row per case: case, input, status ("ok" / "skipped" / "failed"), error, seconds, shape, spacing,
@@ -289,11 +290,10 @@ def run_cases(
             arrays = {k: (maps[k], np.uint8 if k == "seg" else np.float32) for k in predictor.outputs}
             written = write_case(output_dir, case.name, arrays, volume)
             row.update(_case_stats(volume, maps, class_names))
-            row["warnings"] = "; ".join(volume.warnings)
             row["outputs"] = [p.name for p in written.values()]
             row["status"] = "ok"
-            if on_case is not None:
-                on_case(case, volume, written)
+            note = on_case(case, volume, maps) if on_case is not None else None
+            row["warnings"] = "; ".join(volume.warnings + ([note] if note else []))
         except Exception as e:  # one bad case never costs the others their outputs
             row["status"], row["error"] = "failed", error_summary(e)[:500]
             logger.error(f"{case.path}: {_strip_name(row['error'], case.path)}")
