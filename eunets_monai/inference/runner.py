@@ -162,7 +162,10 @@ class VolumePredictor:
             predictor = ExplainedPredictor(self.network, **kwargs)
         except ValueError as e:
             raise ValueError(f"{e} (ask for fewer outputs with --outputs seg)") from None
-        return DictOutputs(predictor, predictor.channel_slices), True
+        slices = dict(predictor.channel_slices)
+        if "cam" in slices:  # the background CAM is never written: do not stitch it
+            slices["cam"] = slice(slices["cam"].start + 1, slices["cam"].stop)
+        return DictOutputs(predictor, slices), True
 
     def _windows(self, shape: Sequence[int]) -> int:
         roi = getattr(self.inferer, "roi_size", None)
@@ -182,7 +185,7 @@ class VolumePredictor:
             out = self.inferer(image[None].to(self.device), self.model)
         maps = {"probs": torch.softmax(torch.as_tensor(out["logits"][0]).float(), 0)}
         if "cam" in out:
-            maps["cam"] = normalize_volume_cam(torch.as_tensor(out["cam"][0]).float()[1:])  # foreground classes
+            maps["cam"] = normalize_volume_cam(torch.as_tensor(out["cam"][0]).float())  # foreground classes
         if "uncertainty" in out:
             maps["uncertainty"] = torch.as_tensor(out["uncertainty"][0]).float().clamp(0.0, 1.0)
         return {k: v.detach().cpu() for k, v in maps.items()}
