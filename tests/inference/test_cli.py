@@ -245,3 +245,17 @@ def test_help_lists_every_option_with_an_example(capsys):
     for option in ("--output", "--outputs", "--overwrite", "--device", "--stitch-device", "--roi", "--amp", "--quiet"):
         assert option in out
     assert "example" in out
+
+
+def test_2d_bundle_runs_slice_by_slice_with_all_outputs(tmp_path, tiny_bundle):
+    from eunets_monai.inference.cli import load_bundle
+
+    overrides = ["--set", "spatial_dims=2", "--set", "patch_size=[32,32]"]
+    network = load_bundle(tiny_bundle, {"spatial_dims": 2, "patch_size": [32, 32]})["network"]
+    torch.save(network.state_dict(), tmp_path / "model2d.pt")
+    out = tmp_path / "out"
+    args = [str(tiny_bundle), str(HELD_BACK[0]), "-o", str(out), "--ckpt", str(tmp_path / "model2d.pt"), "--quiet"]
+    assert main(args + overrides) == 0
+    shape = nib.load(HELD_BACK[0]).shape
+    assert nib.load(out / f"{HELD_BACK[0].name[:-7]}_cam.nii.gz").shape == (*shape, 2)
+    assert nib.load(out / f"{HELD_BACK[0].name[:-7]}_uncertainty.nii.gz").shape == shape
