@@ -330,8 +330,9 @@ def _source_cases(path: Path, split: str, exclude: Path | None, problems: list) 
         return [CaseInput(_stem(path), str(path.resolve()))]
     if name.endswith(".json"):
         return _datalist_cases(path, split)
-    if _is_dicom_file(path):
-        return [c for c in _dicom_cases(path.parent) if path in _dicom_series(path.parent).get(c.series_uid, [])]
+    if _is_dicom_file(path):  # one file of a series: that series
+        series = _dicom_series(path.parent)
+        return [c for c in _dicom_cases(path.parent) if path in series.get(c.series_uid, [])]
     raise InputError(
         f"unsupported file type {path.suffix or '(no suffix)'}; give NIfTI (.nii/.nii.gz), NRRD, MHA/MHD, a DICOM "
         f"series folder or a dataset.json"
