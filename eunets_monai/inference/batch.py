@@ -29,6 +29,7 @@ from torch import nn
 
 from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
+from eunets_monai.explain.cam import minmax_normalize
 from eunets_monai.inference.explained import ExplainedPredictor
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "case_name",
     "atomic_write_nifti",
+    "normalize_volume_cam",
 ]
 
 logger = logging.getLogger(__name__)
@@ -243,7 +245,8 @@ class BatchInference:
             if uncertainty is not None and len(heads) < 2:
                 logger.warning("the collaboration-gradient uncertainty needs >= 2 MHEX+ heads: writing no map.")
                 uncertainty = None
-            predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty)
+            # Raw CAMs, scaled once per volume after stitching (a per-window scaling differs from window to window).
+            predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty, cam_normalize="none")
             return predictor, dict(predictor.channel_slices)
         return self.network, {"logits": slice(0, k)}
 
@@ -285,10 +288,12 @@ class BatchInference:
         out = torch.as_tensor(out).detach()[0].float().cpu()
         parts = [torch.softmax(out[slices["logits"]], dim=0)]
         names = ["probs"]
-        for name in ("cam", "uncertainty"):
-            if name in slices:
-                parts.append(out[slices[name]])
-                names.append(name)
+        if "cam" in slices:
+            parts.append(normalize_volume_cam(out[slices["cam"]]))
+            names.append("cam")
+        if "uncertainty" in slices:
+            parts.append(out[slices["uncertainty"]].clamp(0.0, 1.0))
+            names.append("uncertainty")
         sizes = [p.shape[0] for p in parts]
         # One Invertd call brings every map back to the input's grid (linear interpolation).
         data["pred"] = MetaTensor(torch.cat(parts), meta=dict(image.meta))
@@ -305,6 +310,24 @@ class BatchInference:
         for filename, key, array, dtype in to_write:
             written[key] = atomic_write_nifti(array, meta, self.output_dir / filename, dtype)
         return written
+
+
+def normalize_volume_cam(raw: torch.Tensor) -> torch.Tensor:
+    """
+    Per-volume CAM scaling, after stitching: ReLU (positive evidence), then min-max per class over the whole volume
+    to [0, 1] (one scale for the volume, unlike a per-window scaling, which gives every window its own maximum).
+
+    Args:
+        raw: stitched raw CAMs (K, *S).
+
+    Returns:
+        (K, *S) in [0, 1]; a class without positive evidence is all zeros.
+
+    Examples::
+
+        cam = normalize_volume_cam(stitched[0, predictor.channel_slices["cam"]])
+    """
+    return minmax_normalize(torch.relu(raw)[None])[0]
 
 
 def _one_line_error(e: BaseException) -> str:

@@ -26,7 +26,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, 
 from torch import nn
 
 from eunets_monai.data.checks import CheckFinited, CheckShaped, error_summary
-from eunets_monai.explain.cam import minmax_normalize
+from eunets_monai.inference.batch import normalize_volume_cam
 from eunets_monai.inference.explained import ExplainedPredictor
 from eunets_monai.inference.io import (
     OUTPUT_SUFFIXES,
@@ -66,20 +66,6 @@ class DictOutputs(nn.Module):
         out = self.predictor(x)
         out = out[0] if isinstance(out, (list, tuple)) else out
         return {name: out[:, s] for name, s in self.slices.items()}
-
-
-def normalize_volume_cam(raw: torch.Tensor) -> torch.Tensor:
-    """
-    Per-volume CAM scaling, after stitching: ReLU (positive evidence), then min-max per class over the whole volume
-    to [0, 1] (one scale for the volume, unlike a per-window scaling, which gives every window its own maximum).
-
-    Args:
-        raw: stitched raw CAMs (K, *S).
-
-    Returns:
-        (K, *S) in [0, 1]; a class without positive evidence is all zeros.
-    """
-    return minmax_normalize(torch.relu(raw)[None])[0]
 
 
 def preprocessing_tail(preprocessing: Compose) -> Compose:
