@@ -1,4 +1,4 @@
-"""Inference: the explained predictor for sliding-window inference and batch NIfTI inference."""
+"""Inference: the explained predictor, batch inference for the bundles, and the ``eunets-infer`` engine."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from eunets_monai.inference.batch import (
     load_checkpoint,
 )
 from eunets_monai.inference.explained import CAM_KINDS, ExplainedPredictor
+from eunets_monai.inference.io import CaseInput, ImageVolume, collect_inputs, read_volume, write_case
+from eunets_monai.inference.runner import VolumePredictor, normalize_volume_cam, run_cases
 
 __all__ = [
     "ExplainedPredictor",
@@ -23,4 +25,12 @@ __all__ = [
     "load_checkpoint",
     "case_name",
     "atomic_write_nifti",
+    "CaseInput",
+    "ImageVolume",
+    "collect_inputs",
+    "read_volume",
+    "write_case",
+    "VolumePredictor",
+    "normalize_volume_cam",
+    "run_cases",
 ]

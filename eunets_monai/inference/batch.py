@@ -20,15 +20,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.data.image_writer import NibabelWriter
 from monai.transforms import Compose
 from torch import nn
 
 from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
+from eunets_monai.explain.cam import minmax_normalize
 from eunets_monai.inference.explained import ExplainedPredictor
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "case_name",
     "atomic_write_nifti",
+    "normalize_volume_cam",
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,24 +155,25 @@ def load_checkpoint(network: nn.Module, ckpt_path: str | os.PathLike, key: str =
 
 def atomic_write_nifti(array: torch.Tensor | np.ndarray, meta: Mapping, path: Path, dtype: np.dtype) -> Path:
     """
-    Write a channel-first array (C, *spatial) as NIfTI with the affine in ``meta`` through MONAI's
-    ``NibabelWriter``: into a temporary file beside ``path`` that replaces ``path`` only once complete.
+    Write a channel-first array (C, *spatial) as NIfTI with the affine in ``meta`` (the input's, after ``Invertd``)
+    through nibabel, as stored: no resampling (MONAI's writer resampled, and failed for sagittal/coronal stacks) and
+    no squeezing (single-slice inputs keep their shape). The data go to a temporary file beside ``path`` that
+    replaces ``path`` only once complete.
 
     A single channel is written as a 3D volume; C > 1 channels become the last (4th) NIfTI axis.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes[-2:])}")
     data = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    if data.shape[0] == 1:
-        data = data[0]
-        channel_dim = None
-    else:
-        channel_dim = 0
+    data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+    affine = meta["affine"]
+    affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     try:
-        writer = NibabelWriter(output_dtype=dtype)
-        writer.set_data_array(data, channel_dim=channel_dim, squeeze_end_dims=True)
-        writer.set_metadata({"affine": meta["affine"], "original_affine": meta["affine"]}, resample=False)
-        writer.write(str(tmp), verbose=False)
+        image = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine)
+        image.header.set_qform(affine, code=1)
+        image.header.set_sform(affine, code=1)
+        image.header.set_xyzt_units("mm", "sec")
+        nib.save(image, str(tmp))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -242,7 +245,8 @@ class BatchInference:
             if uncertainty is not None and len(heads) < 2:
                 logger.warning("the collaboration-gradient uncertainty needs >= 2 MHEX+ heads: writing no map.")
                 uncertainty = None
-            predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty)
+            # Raw CAMs, scaled once per volume after stitching (a per-window scaling differs from window to window).
+            predictor = ExplainedPredictor(self.network, cam=self.cam, uncertainty=uncertainty, cam_normalize="none")
             return predictor, dict(predictor.channel_slices)
         return self.network, {"logits": slice(0, k)}
 
@@ -284,10 +288,12 @@ class BatchInference:
         out = torch.as_tensor(out).detach()[0].float().cpu()
         parts = [torch.softmax(out[slices["logits"]], dim=0)]
         names = ["probs"]
-        for name in ("cam", "uncertainty"):
-            if name in slices:
-                parts.append(out[slices[name]])
-                names.append(name)
+        if "cam" in slices:
+            parts.append(normalize_volume_cam(out[slices["cam"]]))
+            names.append("cam")
+        if "uncertainty" in slices:
+            parts.append(out[slices["uncertainty"]].clamp(0.0, 1.0))
+            names.append("uncertainty")
         sizes = [p.shape[0] for p in parts]
         # One Invertd call brings every map back to the input's grid (linear interpolation).
         data["pred"] = MetaTensor(torch.cat(parts), meta=dict(image.meta))
@@ -304,6 +310,24 @@ class BatchInference:
         for filename, key, array, dtype in to_write:
             written[key] = atomic_write_nifti(array, meta, self.output_dir / filename, dtype)
         return written
+
+
+def normalize_volume_cam(raw: torch.Tensor) -> torch.Tensor:
+    """
+    Per-volume CAM scaling, after stitching: ReLU (positive evidence), then min-max per class over the whole volume
+    to [0, 1] (one scale for the volume, unlike a per-window scaling, which gives every window its own maximum).
+
+    Args:
+        raw: stitched raw CAMs (K, *S).
+
+    Returns:
+        (K, *S) in [0, 1]; a class without positive evidence is all zeros.
+
+    Examples::
+
+        cam = normalize_volume_cam(stitched[0, predictor.channel_slices["cam"]])
+    """
+    return minmax_normalize(torch.relu(raw)[None])[0]
 
 
 def _one_line_error(e: BaseException) -> str:

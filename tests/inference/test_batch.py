@@ -107,11 +107,11 @@ def test_exit_on_error_for_partial_failures(tmp_path):
 
 
 def test_no_half_written_file_when_writing_fails(tmp_path, monkeypatch):
-    def failing_write(self, filename, verbose=True, **kwargs):
+    def failing_save(image, filename, **kwargs):
         Path(filename).write_bytes(b"partial")  # a crash in the middle of writing
         raise OSError("disk full")
 
-    monkeypatch.setattr(batch_module.NibabelWriter, "write", failing_write)
+    monkeypatch.setattr(batch_module.nib, "save", failing_save)
     result = runner(tmp_path / "out", cam=False, uncertainty=None)([str(HELD_BACK[0])])
     assert "disk full" in result.failures[str(HELD_BACK[0])]
     assert list((tmp_path / "out").iterdir()) == []
@@ -142,3 +142,23 @@ def test_checkpoint_formats_and_datalists(tmp_path):
     assert [Path(p).name for p in images] == [p.name for p in HELD_BACK]
     assert collect_images(SAMPLE / "imagesTs") == [str(p.resolve()) for p in HELD_BACK]
     assert case_name("/x/case_1.nii.gz") == "case_1" and case_name("case_2.nii") == "case_2"
+
+
+def test_sagittal_coronal_and_single_slice_inputs_are_written_on_their_grid(tmp_path):
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    img = nib.load(HELD_BACK[0])
+    inputs = []
+    for codes in ("PSR", "LSA", "SAR"):  # third voxel axis not S/I: the old writer's resampler failed on these
+        t = ornt_transform(axcodes2ornt(nib.aff2axcodes(img.affine)), axcodes2ornt(tuple(codes)))
+        data = apply_orientation(np.asanyarray(img.dataobj), t)
+        nib.save(nib.Nifti1Image(data, img.affine @ inv_ornt_aff(t, img.shape)), str(tmp_path / f"{codes}.nii.gz"))
+        inputs.append(tmp_path / f"{codes}.nii.gz")
+    nib.save(nib.Nifti1Image(img.get_fdata()[:, :, 17:18], img.affine), str(tmp_path / "slice.nii.gz"))
+    inputs.append(tmp_path / "slice.nii.gz")
+    result = runner(tmp_path / "out", cam=False, uncertainty=None)([str(p) for p in inputs])
+    assert not result.failures
+    for path in inputs:
+        written = nib.load(result.outputs[case_name(path)]["mask"])
+        assert written.shape == nib.load(path).shape
+        np.testing.assert_allclose(written.affine, nib.load(path).affine, atol=1e-5)
