@@ -232,9 +232,7 @@ def resolve_task_dir(task: str, data_dir: str | Path | None = None, download: bo
         for candidate in (given, given / name):
             if (candidate / "dataset.json").is_file():
                 return candidate
-        raise FileNotFoundError(
-            f"no MSD dataset.json in {given} or {given / name}; {_how_to_get(given / name)}."
-        )
+        raise FileNotFoundError(f"no MSD dataset.json in {given} or {given / name}; {_how_to_get(given / name)}.")
     root = default_data_root()
     if (root / name / "dataset.json").is_file() or not download:
         if not (root / name / "dataset.json").is_file():
