@@ -780,7 +780,7 @@ def write_markdown(path: Path, cfg: StudyConfig, info: dict, s: dict, comp: dict
             f"{(times['forward'] + times['MHEX+ CAM']) / n_val:.2f} | {times['Seg-Grad-CAM'] / n_val:.2f} |"
         )
     lines += ["", "## Figures", ""]
-    lines += [f"![{Path(f).stem}](figures/{Path(f).name})" for f in figs]
+    lines += [f"![{Path(f).stem}](figures/{Path(f).name})" for f in sorted(figs)]
     lines += [
         "",
         "Explanations: image, ground truth, prediction, confidence, MHEX+ CAM and Seg-Grad-CAM per foreground class. "
