@@ -318,3 +318,38 @@ def image_level_spearman(mean_uncertainty: Sequence[float], dice: Sequence[float
         return float("nan"), float("nan")
     res = stats.spearmanr(u, 1.0 - d)
     return float(res.statistic), float(res.pvalue)
+
+
+def stratified_auroc(scores, labels, strata, bins: int = 10) -> float:
+    """
+    AUROC of ``scores`` for ``labels`` within bins of equal count of another score ``strata`` (e.g. the softmax
+    entropy), averaged with weights = positives per bin: how much ``scores`` ranks errors *beyond* what ``strata``
+    already says. 0.5 = no information beyond it; bins without both classes are skipped.
+
+    Args:
+        scores: (*S) the map under test.
+        labels: (*S) binary targets (e.g. errors).
+        strata: (*S) the reference score whose quantiles define the bins.
+        bins: number of quantile bins.
+
+    Returns:
+        weighted mean AUROC, nan if no bin has both classes.
+
+    Examples::
+
+        >>> s = np.arange(8.0); y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+        >>> stratified_auroc(s, y, strata=np.repeat([0.0, 1.0], 4), bins=2)
+        0.75
+    """
+    s, y = _scores_labels(scores, labels)
+    r = _to_numpy(strata, "strata").ravel().astype(np.float64)
+    if r.shape != s.shape:
+        raise ValueError(f"strata size {r.size} differs from scores size {s.size}.")
+    order = np.argsort(r, kind="stable")
+    total, weight = 0.0, 0.0
+    for chunk in np.array_split(order, bins):
+        pos = y[chunk].sum()
+        if 0 < pos < chunk.size:
+            total += pos * auroc(s[chunk], y[chunk])
+            weight += pos
+    return total / weight if weight else float("nan")

@@ -1,4 +1,4 @@
-"""Uncertainty: the collaboration gradient of adjacent MHEX+ heads, and the baselines it is compared with."""
+"""Uncertainty: the collaboration gradient, the MHEX+ heads' disagreement, a per-case quality score, baselines."""
 
 from __future__ import annotations
 
@@ -18,23 +18,37 @@ from eunets_monai.uncertainty.baselines import (
 from eunets_monai.uncertainty.collaboration import (
     EXACT_METHODS,
     MODES,
-    collaboration_cosines,
-    collaboration_cosines_reference,
+    PROBES,
     collaboration_gradient,
     collaboration_gradient_reference,
     collaboration_outputs,
-    cosines_to_uncertainty,
+    collaboration_to_unit,
+    gradient_projections,
+    sketch_probes,
+)
+from eunets_monai.uncertainty.single_pass import (
+    QUALITY_SCORE,
+    case_quality,
+    fit_temperature,
+    heads_mutual_information,
+    heads_probabilities,
 )
 
 __all__ = [
     "MODES",
     "EXACT_METHODS",
+    "PROBES",
     "collaboration_gradient",
-    "collaboration_cosines",
     "collaboration_outputs",
     "collaboration_gradient_reference",
-    "collaboration_cosines_reference",
-    "cosines_to_uncertainty",
+    "collaboration_to_unit",
+    "sketch_probes",
+    "gradient_projections",
+    "heads_probabilities",
+    "heads_mutual_information",
+    "fit_temperature",
+    "case_quality",
+    "QUALITY_SCORE",
     "SampledUncertainty",
     "predictive_entropy",
     "softmax_entropy",

@@ -19,6 +19,7 @@ from eunets_monai.evaluation.metrics import (
     map_agreement,
     otsu_threshold,
     pearson,
+    stratified_auroc,
     ueo,
     uncertainty_usefulness,
 )
@@ -184,3 +185,16 @@ def test_bad_inputs_raise_one_line_errors():
         auprc([0.1, 0.2], [0, 2])
     with pytest.raises(ValueError, match="empty"):
         ueo([], [])
+
+
+def test_stratified_auroc_measures_information_beyond_the_strata():
+    rng = np.random.default_rng(0)
+    strata = rng.random(4000)
+    errors = rng.random(4000) < strata  # errors explained by the strata alone
+    assert abs(stratified_auroc(strata, errors, strata) - 0.5) < 0.06  # the strata add nothing to themselves
+    assert abs(stratified_auroc(rng.random(4000), errors, strata) - 0.5) < 0.06  # noise adds nothing
+    informative = errors + 0.5 * rng.random(4000)  # sees the errors themselves
+    assert stratified_auroc(informative, errors, strata) > 0.95
+    assert math.isnan(stratified_auroc([1.0, 2.0], [0, 0], [0.0, 1.0]))
+    with pytest.raises(ValueError, match="strata size"):
+        stratified_auroc([1.0, 2.0], [0, 1], [0.0])

@@ -9,7 +9,9 @@ from eunets_monai.explain.cam import mhex_cam
 from eunets_monai.explain.gradcam import seg_grad_cam
 from eunets_monai.inference.explained import ExplainedPredictor
 from eunets_monai.networks.nets.unet import EUNet, UNet
-from eunets_monai.uncertainty.collaboration import collaboration_gradient
+from eunets_monai.uncertainty.baselines import softmax_entropy
+from eunets_monai.uncertainty.collaboration import collaboration_gradient, collaboration_to_unit
+from eunets_monai.uncertainty.single_pass import heads_mutual_information
 
 
 def tiny(spatial_dims: int, mhex: bool = True) -> UNet:
@@ -29,7 +31,7 @@ def test_channel_layout_and_parts_match_their_functions():
     assert y.shape == (2, 5, 10, 13) and not y.requires_grad
     torch.testing.assert_close(y[:, predictor.channel_slices["logits"]], logits)
     torch.testing.assert_close(y[:, predictor.channel_slices["cam"]], cam)
-    torch.testing.assert_close(y[:, predictor.channel_slices["uncertainty"]], collaboration_gradient(net, x))
+    torch.testing.assert_close(y[:, predictor.channel_slices["uncertainty"]], softmax_entropy(logits, normalize=True))
     assert all(p.grad is None for p in net.parameters())
 
 
@@ -37,7 +39,7 @@ def test_disabled_parts_are_left_out_and_exact_mode():
     net = tiny(2)
     x = torch.rand(1, 1, 6, 5)
     only_cam = ExplainedPredictor(net, uncertainty=None)
-    only_unc = ExplainedPredictor(net, cam=False, uncertainty="exact")
+    only_unc = ExplainedPredictor(net, cam=False, uncertainty="collaboration_exact")
     plain = ExplainedPredictor(net, cam=False, uncertainty=None)
     assert only_cam.channel_slices == {"logits": slice(0, 2), "cam": slice(2, 4)}
     assert only_unc.channel_slices == {"logits": slice(0, 2), "uncertainty": slice(2, 3)}
@@ -45,7 +47,8 @@ def test_disabled_parts_are_left_out_and_exact_mode():
     with torch.no_grad():
         assert only_cam(x).shape == (1, 4, 6, 5)
         torch.testing.assert_close(raw(x)[:, 2:], mhex_cam(net.forward_explained(x), normalize="none"))
-        torch.testing.assert_close(only_unc(x)[:, 2:], collaboration_gradient(net, x, mode="exact"))
+        u = collaboration_gradient(net, x, mode="exact")
+        torch.testing.assert_close(only_unc(x)[:, 2:], collaboration_to_unit(u, len(net.heads) - 1))
         torch.testing.assert_close(plain(x), net(x))
 
 
@@ -54,7 +57,7 @@ def test_plain_network_policy():
     with pytest.raises(ValueError, match="no MHEX\\+ heads.*cam='gradcam'"):
         ExplainedPredictor(plain, uncertainty=None)
     with pytest.raises(ValueError, match="needs >= 2"):
-        ExplainedPredictor(plain, cam="gradcam")
+        ExplainedPredictor(plain, cam="gradcam", uncertainty="heads_mi")
     predictor = ExplainedPredictor(plain, cam="gradcam", uncertainty=None)
     x = torch.rand(1, 1, 9, 8)
     with torch.no_grad():
@@ -99,3 +102,33 @@ def test_eunet_in_predictor_keeps_eval_mode():
     with torch.no_grad():
         y = ExplainedPredictor(net)(torch.rand(1, 1, 16, 16))
     assert y.shape == (1, 7, 16, 16) and not net.training
+
+
+def test_uncertainty_methods_and_their_unit_mappings():
+    net = EUNet(2, 1, 3, channels=(3, 4, 5, 6)).eval()
+    x = torch.rand(1, 1, 12, 10)
+    with torch.no_grad():
+        out = net.forward_explained(x)
+        cold = ExplainedPredictor(net, cam=False, uncertainty="entropy", temperature=2.0)(x)[:, 3:]
+        mi = ExplainedPredictor(net, cam=False, uncertainty="heads_mi")(x)[:, 3:]
+        sketch = ExplainedPredictor(net, cam=False, uncertainty="collaboration", num_probes=8)(x)[:, 3:]
+    torch.testing.assert_close(cold, softmax_entropy(out.logits / 2, normalize=True))
+    torch.testing.assert_close(mi, heads_mutual_information(out, normalize=True))
+    u = collaboration_gradient(net, x, mode="sketch", num_probes=8)
+    torch.testing.assert_close(sketch, (u + 2) / 4)
+    for m in (cold, mi, sketch):
+        assert m.min() >= 0 and m.max() <= 1 and m.std() > 0
+    with pytest.warns(FutureWarning, match="former name"):
+        assert ExplainedPredictor(net, uncertainty="fast").uncertainty == "entropy"
+    with pytest.raises(ValueError, match="temperature"):
+        ExplainedPredictor(net, temperature=0)
+
+
+def test_entropy_of_a_single_sigmoid_channel():
+    net = UNet(2, 1, 1, channels=(3, 4, 5)).eval()  # plain network: entropy needs no heads
+    x = torch.rand(1, 1, 8, 8)
+    with torch.no_grad():
+        y = ExplainedPredictor(net, cam="gradcam")(x)
+        p = torch.sigmoid(net(x))
+    h = -(p * p.log() + (1 - p) * (1 - p).log()) / torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(y[:, 2:], h, rtol=1e-4, atol=1e-5)
