@@ -128,6 +128,8 @@ def load_bundle(bundle: str | os.PathLike, overrides: Mapping | None = None) -> 
     """
     from monai.bundle import ConfigParser
 
+    from eunets_monai.data.presets import get_task
+
     root = Path(bundle).expanduser()
     config = root / "configs" / "inference.json"
     if not config.is_file():
@@ -140,8 +142,9 @@ def load_bundle(bundle: str | os.PathLike, overrides: Mapping | None = None) -> 
             parser[key] = value
         parts = {
             key: parser.get_parsed_content(key)
-            for key in ("network_def", "preprocessing", "preset", "spatial_dims", "patch_size")
+            for key in ("network_def", "preprocessing", "task", "spatial_dims", "patch_size")
         }
+        parts["preset"] = get_task(parts.pop("task"))
     except Exception as e:
         reason = " ".join(str(e).split())[:300]
         raise CliError(f"cannot build the bundle's network/preprocessing from {config}: {reason}") from None

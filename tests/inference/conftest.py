@@ -33,10 +33,11 @@ def make_bundle(root: Path, task: str = "hippocampus") -> Path:
     shutil.copytree(REPO / "bundles" / "eunet_spleen", bundle)
     config_path = bundle / "configs" / "inference.json"
     config = json.loads(config_path.read_text())
-    config.update({"task": task, "channels": [8, 16, 32], "patch_size": [32, 32, 32]})
+    k = 2 if task == "spleen" else 3
+    config.update({"task": task, "out_channels": k, "channels": [8, 16, 32], "patch_size": [32, 32, 32]})
     config_path.write_text(json.dumps(config, indent=1))
     (bundle / "models").mkdir(exist_ok=True)
-    torch.save(tiny_unet(2 if task == "spleen" else 3).state_dict(), bundle / "models" / "model.pt")
+    torch.save(tiny_unet(k).state_dict(), bundle / "models" / "model.pt")
     return bundle
 
 

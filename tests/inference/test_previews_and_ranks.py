@@ -43,8 +43,8 @@ def test_preview_planes_go_through_the_largest_structure():
 
 def test_set_overrides_the_bundle_config(tmp_path, tiny_bundle, capsys):
     out = str(tmp_path / "out")
-    # The checkpoint holds a 3-class network: a 2-class task no longer matches it, which proves the override applied.
-    assert main([str(tiny_bundle), str(HELD_BACK[0]), "-o", out, "--set", "task=spleen"]) == 2
+    # The checkpoint holds a 3-class network: a 2-class one no longer matches it, which proves the override applied.
+    assert main([str(tiny_bundle), str(HELD_BACK[0]), "-o", out, "--set", "out_channels=2"]) == 2
     assert "does not match" in capsys.readouterr().err
     assert main([str(tiny_bundle), str(HELD_BACK[0]), "-o", out, "--set", "spatial_dims"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
