@@ -1,4 +1,4 @@
-"""Agreement and usefulness metrics for uncertainty maps."""
+"""Agreement and usefulness metrics for uncertainty maps; the uncertainty study (``uncertainty_study``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from eunets_monai.evaluation.metrics import (
     map_agreement,
     otsu_threshold,
     pearson,
+    stratified_auroc,
     ueo,
     uncertainty_usefulness,
 )
@@ -26,4 +27,5 @@ __all__ = [
     "error_mask",
     "uncertainty_usefulness",
     "image_level_spearman",
+    "stratified_auroc",
 ]

@@ -320,17 +320,19 @@ def image_level_spearman(mean_uncertainty: Sequence[float], dice: Sequence[float
     return float(res.statistic), float(res.pvalue)
 
 
-def stratified_auroc(scores, labels, strata, bins: int = 10) -> float:
+def stratified_auroc(scores, labels, strata, bins: int = 20) -> float:
     """
-    AUROC of ``scores`` for ``labels`` within bins of equal count of another score ``strata`` (e.g. the softmax
-    entropy), averaged with weights = positives per bin: how much ``scores`` ranks errors *beyond* what ``strata``
-    already says. 0.5 = no information beyond it; bins without both classes are skipped.
+    AUROC of ``scores`` for ``labels`` within narrow bins of another score ``strata`` (e.g. the softmax entropy),
+    averaged with weights = positives per bin: how much ``scores`` ranks errors *beyond* what ``strata`` already
+    says. The bin edges are quantiles of ``strata`` over the *positives* (each bin holds about the same number of
+    errors, so the bins are narrow where the errors are); 0.5 = no information beyond ``strata`` (``strata`` itself
+    scores a little above 0.5, from its spread within each bin); bins without both classes are skipped.
 
     Args:
         scores: (*S) the map under test.
         labels: (*S) binary targets (e.g. errors).
         strata: (*S) the reference score whose quantiles define the bins.
-        bins: number of quantile bins.
+        bins: number of bins.
 
     Returns:
         weighted mean AUROC, nan if no bin has both classes.
@@ -345,11 +347,15 @@ def stratified_auroc(scores, labels, strata, bins: int = 10) -> float:
     r = _to_numpy(strata, "strata").ravel().astype(np.float64)
     if r.shape != s.shape:
         raise ValueError(f"strata size {r.size} differs from scores size {s.size}.")
-    order = np.argsort(r, kind="stable")
+    if not y.any():
+        return float("nan")
+    edges = np.unique(np.quantile(r[y], np.linspace(0, 1, bins + 1)[1:-1]))
+    which = np.searchsorted(edges, r, side="right")
     total, weight = 0.0, 0.0
-    for chunk in np.array_split(order, bins):
+    for b in np.unique(which):
+        chunk = which == b
         pos = y[chunk].sum()
-        if 0 < pos < chunk.size:
+        if 0 < pos < chunk.sum():
             total += pos * auroc(s[chunk], y[chunk])
             weight += pos
     return total / weight if weight else float("nan")
