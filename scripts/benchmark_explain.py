@@ -4,8 +4,9 @@ through MONAI's ``SlidingWindowInferer`` (issue 3, "Performance"):
 
 - mask only (the network's logits)                               baseline
 - mask + MHEX+ CAM (``ExplainedPredictor(cam=True, uncertainty=None)``)     goal <= 1.05x
-- mask + CAM + collaboration gradient, fast mode                   goal <= 2x
-- mask + CAM + collaboration gradient, exact mode                  (on small crops only: per-pixel gradients)
+- mask + CAM + uncertainty: softmax entropy (the bundles' default), the heads' mutual information and the
+  collaboration gradient's sketch estimator (16 probes)                              goal <= 2x
+- mask + CAM + collaboration gradient, exact                       (on small crops only: per-pixel gradients)
 - deep ensemble of 5 members, MC dropout with T = 10, flip TTA (8) (``SampledPredictor``)
 
 Repetitions are interleaved (A B C ... per volume, round after round) and medians reported, since these machines
@@ -42,7 +43,7 @@ from eunets_monai.inference.explained import ExplainedPredictor
 from eunets_monai.networks.nets.unet import EUNet
 from eunets_monai.uncertainty.baselines import SampledPredictor
 
-GOALS = {"mask+cam": 1.05, "mask+cam+unc_fast": 2.0}
+GOALS = {"mask+cam": 1.05, "mask+cam+entropy": 2.0, "mask+cam+heads_mi": 2.0, "mask+cam+sketch16": 2.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -148,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     variants = {
         "mask": via(net),
         "mask+cam": via(ExplainedPredictor(net, cam=True, uncertainty=None)),
-        "mask+cam+unc_fast": via(ExplainedPredictor(net, cam=True, uncertainty="fast")),
+        "mask+cam+entropy": via(ExplainedPredictor(net, cam=True, uncertainty="entropy")),
+        "mask+cam+heads_mi": via(ExplainedPredictor(net, cam=True, uncertainty="heads_mi")),
+        "mask+cam+sketch16": via(ExplainedPredictor(net, cam=True, uncertainty="collaboration", num_probes=16)),
         f"ensemble{args.members}": via(SampledPredictor("ensemble", members)),
         f"mc_dropout{args.mc_samples}": via(SampledPredictor("mc_dropout", dropout_net, num_samples=args.mc_samples)),
         "tta8": via(SampledPredictor("tta", net)),
@@ -167,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         crop_inferer = SlidingWindowInferer(roi_size=(args.exact_crop,) * 3, sw_batch_size=args.sw_batch_size)
         ev = {
             "mask": lambda v: crop_inferer(v, net),
-            "mask+cam+unc_fast": lambda v: crop_inferer(v, ExplainedPredictor(net, uncertainty="fast")),
-            "mask+cam+unc_exact": lambda v: crop_inferer(v, ExplainedPredictor(net, uncertainty="exact")),
+            "mask+cam+sketch16": lambda v: crop_inferer(
+                v, ExplainedPredictor(net, uncertainty="collaboration", num_probes=16)
+            ),
+            "mask+cam+exact": lambda v: crop_inferer(v, ExplainedPredictor(net, uncertainty="collaboration_exact")),
         }
         et = interleaved(ev, crops, args.exact_reps, device)
         emed, eratio, epaired = summarise(et, len(crops))
@@ -180,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         verdict = "" if goal is None else f"<= {goal}x {'met' if paired[name] <= goal else 'NOT met'}"
         print(f"{name:22s} {med[name]:10.3f} {ratios[name]:8.2f} {paired[name]:9.2f}  {verdict}")
     if exact:
-        print(f"\nexact mode on {args.exact_crop}^3 centre crops ({args.exact_reps} reps):")
+        print(f"\nexact collaboration gradient on {args.exact_crop}^3 centre crops ({args.exact_reps} reps):")
         for name, m in exact["median_s"].items():
             print(f"{name:22s} {m:10.3f} {exact['ratio_vs_mask'][name]:8.1f} {exact['paired_ratio'][name]:9.1f}")
     result = {

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eunets_monai.data import presets
+from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -651,7 +652,7 @@ def inference_config(v: Variant) -> dict:
             "output_dir": "$@bundle_root + '/eval/inference'",
             "ckpt_path": "$@ckpt_dir + '/model.pt'",
             "cam": True,
-            "uncertainty": "fast",
+            "uncertainty": DEFAULT_UNCERTAINTY,
             "preprocessing": preprocessing(v, "infer"),
             "inferer": inferer(v),
             # What MONAI Label's BundleInferTask applies after the inferer: a uint8 class map on the input's grid.
@@ -741,7 +742,7 @@ def metadata(v: Variant) -> dict:
         "task": f"{t['title'][0].upper()}{t['title'][1:]} with the explainable {a.eu} ({a.arch} + MHEX+ heads)",
         "description": (
             f"{a.eu}: {_a(a.arch)} {a.arch} with an MHEX+ head on every decoder stage (deep supervision, "
-            f"equivalent-kernel CAMs, collaboration-gradient uncertainty), {_dims_text(v)}, widths "
+            f"equivalent-kernel CAMs, an uncertainty map), {_dims_text(v)}, widths "
             f"{list(v.channels)}. The plain baseline with --mhex false."
         ),
         "authors": "eunets-monai contributors",
@@ -884,8 +885,10 @@ def readme(v: Variant) -> str:
 
 A MONAI bundle of the explainable **{a.eu}**: {_a(a.arch)} {a.arch} (`{a.target}`) with an MHEX+ head on every
 decoder stage. The heads give deep supervision in training and, at inference, equivalent-kernel class activation
-maps (CAMs) and a collaboration-gradient uncertainty map next to the segmentation. The network comes from the
-installed `eunets_monai` package; the bundle holds configuration only.
+maps (CAMs) and an uncertainty map next to the segmentation: softmax entropy by default, the validated best
+single-pass map in `docs/uncertainty.md`; `--uncertainty heads_mi` (the heads' disagreement) or `collaboration`
+(the paper's collaboration gradient, sketch estimate) on request. The network comes from the installed
+`eunets_monai` package; the bundle holds configuration only.
 
 - task: `{v.task}`, classes {classes} (`configs/metadata.json`, `channel_def`)
 - network: {_dims_text(v)}, widths `{list(v.channels)}`

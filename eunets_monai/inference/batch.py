@@ -30,7 +30,7 @@ from torch import nn
 from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
 from eunets_monai.explain.cam import minmax_normalize
-from eunets_monai.inference.explained import ExplainedPredictor
+from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY, ExplainedPredictor
 
 __all__ = [
     "BatchInference",
@@ -199,7 +199,8 @@ class BatchInference:
         output_dir: where the NIfTI files go (created if needed).
         ckpt_path: weights to load before the first case; None keeps the network's current weights.
         cam: write CAMs (EU networks only).
-        uncertainty: None, "fast" or "exact" (EU networks only).
+        uncertainty: None or one of ``ExplainedPredictor``'s methods (default: softmax entropy, see
+            ``docs/uncertainty.md``).
         device: torch device; default cuda when available, else cpu.
         exit_on_error: turn a batch-stopping error into ``SystemExit`` with its one-line message (used by the
             bundle CLI so the user sees one line, not a traceback); otherwise raise :py:class:`BatchInferenceError`.
@@ -219,7 +220,7 @@ class BatchInference:
         output_dir: str | os.PathLike,
         ckpt_path: str | os.PathLike | None = None,
         cam: bool = True,
-        uncertainty: str | None = "fast",
+        uncertainty: str | None = DEFAULT_UNCERTAINTY,
         device: str | torch.device | None = None,
         exit_on_error: bool = False,
         section: str = "test",
