@@ -22,8 +22,10 @@ __all__ = ["main", "build_parser", "load_bundle", "load_weights"]
 
 logger = logging.getLogger("eunets_monai.infer")
 
-EXAMPLE = """example (the embedded hippocampus sample):
-  eunets-infer bundles/eunet_hippocampus eunets_monai/data/sample/hippocampus/imagesTs --output out/
+EXAMPLE = """examples (the first on the embedded hippocampus sample, after python scripts/quickstart.py):
+  eunets-infer bundles/eunet_spleen eunets_monai/data/sample/hippocampus/imagesTs --output out/ \
+      --ckpt outputs/quickstart/models/model.pt --set task=hippocampus --set spatial_dims=2 \
+      --set "channels=[16,32,64,128]" --previews
   eunets-infer BUNDLE scans/ dicom_series/ extra/*.nrrd --output out/ --outputs seg,cam --previews
   torchrun --nproc_per_node 2 -m eunets_monai.infer BUNDLE data/dataset.json --output out/
 

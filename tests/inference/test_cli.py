@@ -259,3 +259,22 @@ def test_2d_bundle_runs_slice_by_slice_with_all_outputs(tmp_path, tiny_bundle):
     shape = nib.load(HELD_BACK[0]).shape
     assert nib.load(out / f"{HELD_BACK[0].name[:-7]}_cam.nii.gz").shape == (*shape, 2)
     assert nib.load(out / f"{HELD_BACK[0].name[:-7]}_uncertainty.nii.gz").shape == shape
+
+
+def test_window_and_device_options_reach_the_inferer(tmp_path, tiny_bundle, monkeypatch):
+    from eunets_monai.inference import runner
+
+    seen = {}
+    real_call = runner.VolumePredictor.predict_network_grid
+
+    def spy(self, image):
+        seen.update(roi=tuple(self.inferer.roi_size), overlap=self.inferer.overlap, batch=self.inferer.sw_batch_size)
+        seen.update(mode=self.inferer.mode, sw_device=str(self.inferer.sw_device), device=str(self.inferer.device))
+        return real_call(self, image)
+
+    monkeypatch.setattr(runner.VolumePredictor, "predict_network_grid", spy)
+    args = ["--roi", "24", "24", "24", "--overlap", "0.5", "--sw-batch-size", "2", "--blend", "constant"]
+    args += ["--device", "cpu", "--stitch-device", "cpu", "--outputs", "seg", "--quiet"]
+    assert main([str(tiny_bundle), str(HELD_BACK[0]), "-o", str(tmp_path / "out"), *args]) == 0
+    assert seen["roi"] == (24, 24, 24) and seen["batch"] == 2 and seen["mode"] == "constant"
+    assert float(np.max(seen["overlap"])) == 0.5 and seen["sw_device"] == seen["device"] == "cpu"
