@@ -39,6 +39,7 @@ from eunets_monai.inference.io import (
     read_volume,
     write_case,
 )
+from eunets_monai.uncertainty.single_pass import case_quality
 
 __all__ = ["VolumePredictor", "DictOutputs", "normalize_volume_cam", "run_cases", "write_summary", "preprocessing_tail"]
 
@@ -213,9 +214,14 @@ class VolumePredictor:
 
 
 def _case_stats(volume: ImageVolume, maps: Mapping[str, np.ndarray], class_names: Sequence[str]) -> dict:
-    """Per label volume (ml) and mean uncertainty inside it."""
+    """Per label volume (ml) and mean uncertainty inside it; the per-case triage score (higher: look at this scan)."""
     stats: dict = {}
     seg = maps["seg"][0]
+    if "uncertainty" in maps:
+        quality = case_quality(seg, maps["uncertainty"][0])
+        stats["quality_score"] = round(quality["score"], 6)
+        inside = quality["mean_in_structure"]  # NaN when nothing was predicted: JSON has no NaN
+        stats["uncertainty_in_structure"] = None if math.isnan(inside) else round(inside, 6)
     for label, name in enumerate(class_names):
         if label == 0:
             continue

@@ -19,6 +19,7 @@ import torch
 from eunets_monai.inference.cli import main
 from eunets_monai.inference.io import TMP_TAG, collect_inputs, safe_case_name
 from eunets_monai.networks.nets.unet import UNet
+from eunets_monai.uncertainty import case_quality
 from tests.fixtures import HIPPOCAMPUS
 from tests.inference.conftest import REPO
 
@@ -117,6 +118,10 @@ def test_summary_resume_and_overwrite(tmp_path, tiny_bundle):
         assert unc.min() >= 0 and unc.max() <= 1
         assert set(first[name]) >= {"input", "status", "error", "seconds", "shape", "spacing", "volume_ml_anterior"}
         assert "mean_uncertainty_posterior" in first[name]
+        seg = nib.load(out / f"{name}_seg.nii.gz").get_fdata()
+        expected = case_quality(seg, unc)
+        assert first[name]["quality_score"] == pytest.approx(expected["score"], abs=1e-5)
+        assert first[name]["uncertainty_in_structure"] == pytest.approx(expected["mean_in_structure"], abs=1e-5)
     header = (out / "summary.csv").read_text().splitlines()[0].split(",")
     assert {"case", "input", "status", "error", "seconds", "volume_ml_anterior"} <= set(header)
     (out / f"{names[1]}_cam.nii.gz").unlink()  # an incomplete case
