@@ -719,9 +719,20 @@ def _spatial_shape(v: Variant) -> list:
     return list(v.patch_size) if v.spatial_dims == 3 else [*v.patch_size, "*"]
 
 
+def _val_dice(v: Variant) -> dict:
+    """Measured validation Dice per class and mean (the study's "validation" entry), else {}."""
+    validation = v.measured.get("validation") or {}
+    dice = {k: validation[k] for k in ("anterior", "posterior", "mean") if k in validation}
+    return dice or v.measured.get("val_dice", {})
+
+
+def _shipped(v: Variant) -> bool:
+    return bool(v.measured) and v.measured.get("shipped", True)
+
+
 def _eval_metrics(v: Variant) -> dict:
-    dice = v.measured.get("val_dice", {})
-    return {f"val_dice_{k}": float(val) for k, val in dice.items()}
+    # metadata describes the weights the bundle ships: a withdrawn model's numbers stay in the docs only
+    return {f"val_dice_{k}": float(val) for k, val in _val_dice(v).items()} if _shipped(v) else {}
 
 
 def metadata(v: Variant) -> dict:
@@ -823,7 +834,7 @@ def license_text() -> str:
 
 def _measured(v: Variant) -> str:
     m = v.measured
-    dice = m.get("val_dice", {})
+    dice = _val_dice(v)
     if not dice:
         if v.task == "spleen":
             return (
@@ -837,10 +848,23 @@ def _measured(v: Variant) -> str:
         )
     rows = ["| class | validation Dice |", "| --- | --- |"]
     rows += [f"| {k} | {float(val):.3f} |" for k, val in dice.items()]
-    lines = ["\n".join(rows), ""]
-    for key, what in (("fold", "validation fold"), ("n_val", "validation cases"), ("machine", "machine")):
-        if key in m:
-            lines.append(f"- {what}: {m[key]}")
+    lines = []
+    if not _shipped(v):
+        lines += [f"**No weights shipped**: {m.get('withdrawn_because', 'withdrawn')}. What that run measured:", ""]
+    lines += ["\n".join(rows), ""]
+    facts = {**m, "fold": (m.get("validation") or {}).get("fold", m.get("fold"))}
+    for key, what in (
+        ("fold", "validation fold (5-fold split, seed 0)"),
+        ("n_val", "validation cases"),
+        ("steps", "training steps"),
+        ("machine", "machine"),
+        ("date", "date"),
+    ):
+        if facts.get(key) is not None:
+            lines.append(f"- {what}: {facts[key]}")
+    if "split" in m:
+        lines.append(f"- split: {m['split']}")
+    lines.append("- full record and the study: `bundles/_shared/hippocampus_models.json`, `docs/RESULTS.md`")
     if "command" in m:
         lines += ["", "Produced by:", "", "```bash", m["command"], "```"]
     return "\n".join(lines) + "\n"
@@ -849,10 +873,12 @@ def _measured(v: Variant) -> str:
 def _weights(v: Variant) -> str:
     if v.task == "spleen":
         return "No weights are shipped: train on Task09 (below); `models/model.pt` is the best checkpoint."
-    return (
-        "`models/model.pt` holds the trained weights (state dict, loads with `weights_only=True`) when the study "
-        "has shipped them; otherwise train (below) to create it."
-    )
+    if _shipped(v):
+        return (
+            "`models/model.pt` holds the trained weights (a state dict; loads with `weights_only=True`), trained on "
+            "MSD Task04 (CC-BY-SA 4.0, attribution below): inference works without training."
+        )
+    return "No weights are shipped yet: train (below) to create `models/model.pt`."
 
 
 def _attention_doc(v: Variant) -> str:

@@ -1,0 +1,196 @@
+"""The network-comparison study: Dice, splits, paired test, table, resumable runs on the embedded real sample."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from eunets_monai.data import msd_datalist
+from eunets_monai.evaluation.compare import (
+    RunSpec,
+    StudyConfig,
+    case_dice,
+    case_id,
+    format_table,
+    load_results,
+    paired_test,
+    run_study,
+    study_splits,
+    summarize,
+    train_run,
+)
+from eunets_monai.evaluation.plots import plot_folds, plot_paired
+from eunets_monai.evaluation.shipping import (
+    BUNDLE_NETWORKS,
+    bundle_config,
+    embedded_case_ids,
+    format_models_table,
+    withdraw_bundle_model,
+)
+from tests.fixtures import HIPPOCAMPUS
+
+
+def _direct_dice(pred: np.ndarray, gt: np.ndarray, c: int) -> float:
+    p, g = pred == c, gt == c
+    total = p.sum() + g.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(p, g).sum() / total
+
+
+def test_case_dice_matches_direct_count():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 3, 6, 5, 4, generator=gen)
+    label = torch.randint(0, 3, (1, 1, 6, 5, 4), generator=gen)
+    pred = logits.argmax(1).numpy()[0]
+    expected = [_direct_dice(pred, label.numpy()[0, 0], c) for c in (1, 2)]
+    assert case_dice(logits, label) == pytest.approx(expected, abs=1e-6)
+
+
+def test_case_dice_absent_class_counts_as_perfect():
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 0] = 1.0  # predicts background everywhere
+    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    label[..., 0, 0] = 2
+    assert case_dice(logits, label) == pytest.approx([1.0, 0.0])
+
+
+def test_study_splits_exclude_only_from_training():
+    data = [{"image": f"imagesTr/hippocampus_{i:03d}.nii.gz", "label": "x"} for i in range(30)]
+    cfg = StudyConfig(n_folds=3, exclude=("hippocampus_000", "hippocampus_001", "hippocampus_002"))
+    vals = []
+    for fold in range(3):
+        train, val = study_splits(data, cfg, fold)
+        ids = {case_id(d) for d in train}
+        assert not ids & set(cfg.exclude)
+        assert not ids & {case_id(d) for d in val}
+        vals += [case_id(d) for d in val]
+    assert sorted(vals) == sorted(case_id(d) for d in data)  # folds cover every case, excluded ones included
+
+
+def test_paired_test_difference_and_wilcoxon():
+    a = [0.80, 0.82, 0.85, 0.79, 0.90, 0.70]
+    b = [0.83, 0.81, 0.88, 0.84, 0.91, 0.75]
+    out = paired_test(a, b)
+    assert out["diff"] == pytest.approx(np.mean(np.subtract(b, a)))
+    assert out["p"] == pytest.approx(stats.wilcoxon(b, a).pvalue)
+    assert out["n"] == 6
+    assert np.isnan(paired_test([0.5, 0.6], [0.5, 0.6])["p"])
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_test([1.0], [1.0, 2.0])
+
+
+def _run(network: str, mhex: bool, fold: int, cases: dict) -> dict:
+    return {
+        "network": network,
+        "display": "EU-Net" if mhex else "U-Net",
+        "mhex": mhex,
+        "fold": fold,
+        "spatial_dims": 2,
+        "params": 1000 + mhex,
+        "per_case": cases,
+        "seconds": 60.0 * (fold + 1),
+    }
+
+
+def test_summarize_mean_std_over_folds_and_paired_difference():
+    results = [
+        _run("unet", False, 0, {"a": [0.8, 0.6], "b": [0.6, 0.6]}),
+        _run("unet", False, 1, {"c": [0.9, 0.7]}),
+        _run("unet", True, 0, {"a": [0.9, 0.7], "b": [0.7, 0.7]}),
+        _run("unet", True, 1, {"c": [0.9, 0.9]}),
+    ]
+    rows = summarize(results)
+    assert [r["display"] for r in rows] == ["U-Net", "EU-Net"]
+    plain, eu = rows
+    # plain: fold 0 anterior mean 0.7, fold 1 0.9 -> 0.8 +- 0.1; fold means (0.65, 0.8)
+    assert plain["dice"]["anterior"] == pytest.approx((0.8, 0.1))
+    assert plain["mean"] == pytest.approx((0.725, 0.075))
+    assert plain["vs_plain"] is None and plain["seconds"] == pytest.approx(90.0)
+    assert eu["vs_plain"]["n"] == 3
+    assert eu["vs_plain"]["diff"] == pytest.approx(np.mean([0.1, 0.1, 0.1]))
+    table = format_table(rows)
+    assert "| EU-Net | 2D |" in table and "80.00 ± 10.00" in table and "+10.00" in table
+
+
+def test_plots_written(tmp_path):
+    results = [
+        _run("unet", False, 0, {"a": [0.8, 0.6], "b": [0.6, 0.6]}),
+        _run("unet", True, 0, {"a": [0.9, 0.7], "b": [0.7, 0.7]}),
+    ]
+    for path in (plot_folds(results, tmp_path, "t"), plot_paired(results, tmp_path, "t")):
+        assert path.is_file() and path.stat().st_size > 1000
+    assert plot_paired(results[:1], tmp_path, "u") is None
+
+
+def test_bundle_config_excludes_every_embedded_case():
+    ids = embedded_case_ids()
+    assert len(ids) == 16 and "hippocampus_025" in ids
+    cfg = bundle_config("eunet_hippocampus", spatial_dims=3)
+    assert cfg.exclude == ids and cfg.networks == ("unet",) and cfg.variants == ("eu",)
+    assert set(BUNDLE_NETWORKS) == {
+        "eunet_hippocampus",
+        "eunetpp_hippocampus",
+        "ahf_eunet_hippocampus",
+        "eunet_transformer_hippocampus",
+        "efen_eu_hippocampus",
+    }
+    with pytest.raises(ValueError, match="unknown hippocampus bundle"):
+        bundle_config("eunet_spleen")
+
+
+TINY = dict(channels=(4, 8), max_iters=2, val_interval=1, batch_size=1, num_samples=2, n_folds=2, early_stop=0)
+
+
+def test_train_run_resumes_from_saved_state(tmp_path):
+    data = msd_datalist(HIPPOCAMPUS)[:3]
+    state = tmp_path / "state.pt"
+    cfg = StudyConfig(**TINY)
+    first = train_run(RunSpec("unet", True, 0), cfg, data[:2], data[2:], state, log=lambda m: None)
+    assert first["finished"] and first["steps"] == 2 and len(first["history"]) == 2
+    assert set(first["per_case"]) == {case_id(data[2])} and len(first["per_case"][case_id(data[2])]) == 2
+    logs = []
+    more = StudyConfig(**{**TINY, "max_iters": 3})
+    second = train_run(RunSpec("unet", True, 0), more, data[:2], data[2:], state, log=logs.append)
+    assert "resumed at step 2" in logs[0] and second["steps"] == 3 and len(second["history"]) == 3
+
+
+def test_run_study_writes_raw_json_and_skips_finished_runs(tmp_path):
+    cfg = StudyConfig(**{**TINY, "max_iters": 1, "folds": (0,)})
+    logs = []
+    run_study(cfg, HIPPOCAMPUS, tmp_path, log=logs.append)
+    raws = sorted(p.name for p in (tmp_path / "raw").glob("*.json"))
+    assert raws == ["unet_eu_2d_fold0.json", "unet_plain_2d_fold0.json"]
+    res = json.loads((tmp_path / "raw" / raws[0]).read_text())
+    assert len(res["per_case"]) == 6 and res["recipe"]["channels"] == [4, 8]  # 12 cases, 2 folds
+    logs.clear()
+    run_study(cfg, HIPPOCAMPUS, tmp_path, log=logs.append)
+    assert sum("done, skipped" in m for m in logs) == 2
+    assert len(summarize(load_results(tmp_path))) == 2
+
+
+def test_withdraw_keeps_the_measured_entry(tmp_path):
+    entry = {
+        "display": "EU-Net",
+        "spatial_dims": 2,
+        "channels": [4, 8],
+        "params": 1000,
+        "model_bytes": 5000,
+        "validation": {"fold": 0, "anterior": 0.5, "posterior": 0.0, "mean": 0.25, "n_cases": 3},
+        "embedded_sample": {"mean": 0.2, "n_cases": 16},
+        "steps": 10,
+        "best_step": 10,
+        "train_seconds": 60.0,
+    }
+    (tmp_path / "_shared").mkdir()
+    (tmp_path / "_shared" / "hippocampus_models.json").write_text(json.dumps({"efen_eu_hippocampus": entry}))
+    model = tmp_path / "efen_eu_hippocampus" / "models" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"x")
+    out = withdraw_bundle_model("efen_eu_hippocampus", tmp_path, "posterior class not learned")
+    assert not model.exists() and out["shipped"] is False and out["validation"]["mean"] == 0.25
+    assert "no (withdrawn)" in format_models_table({"efen_eu_hippocampus": out})
+    with pytest.raises(ValueError, match="no entry"):
+        withdraw_bundle_model("eunet_hippocampus", tmp_path, "x")
