@@ -1,13 +1,15 @@
 """
-The README's main job, offline: train the ``eunet_hippocampus`` bundle briefly on the embedded MSD Task04 hippocampus
-subset (the paper's 2D setting: axial slices, small widths), then run the bundle's ``inference.json`` on the 4
-held-back cases and write, per case, the segmentation mask, the equivalent-kernel CAMs and the uncertainty map as
-NIfTI files on the input's grid. Prints the held-back Dice and the outputs folder.
+The README's main job, offline, on the embedded MSD Task04 hippocampus subset (real MRI, CC-BY-SA 4.0):
 
-    python scripts/quickstart.py [--output_dir outputs/quickstart] [--epochs 80]
+1. the product: ``eunets-infer`` with the weights the ``eunet_hippocampus`` bundle ships (no training), on the 4
+   held-back cases: per case the mask, the equivalent-kernel CAMs and the uncertainty map as NIfTI on the input's
+   grid, a summary and preview PNGs; prints the held-back Dice;
+2. training: the same bundle's ``train.json`` briefly from scratch on the 12 training cases, then its
+   ``inference.json`` on the held-back cases with the new checkpoint; prints their Dice again.
 
-Both steps are plain ``python -m monai.bundle run`` commands (printed before they run), so they can be repeated
-or changed by hand.
+    python scripts/quickstart.py [--output_dir outputs/quickstart] [--epochs 30] [--skip-training]
+
+Every step is a plain command (printed before it runs), so it can be repeated or changed by hand.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import eunets_monai
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = Path(eunets_monai.__file__).resolve().parent / "data" / "sample" / "hippocampus"
-# Small enough for ~10 minutes on 2 CPU cores (the hippocampus bundles' own 2D setting, widths 16-128).
-QUICK = {
-    "channels": "[16, 32, 64, 128]",
-}
+# Small enough for a few minutes on 2 CPU cores: one whole-volume patch per case and step.
+QUICK = {"num_samples": 1, "num_workers": 0}
 
 
 def bundle_cmd(config: str | list[str], **overrides) -> list[str]:
@@ -70,54 +70,73 @@ def held_back_dice(pred_dir: Path) -> list[tuple[str, float, bool]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints, logs and NIfTIs go")
-    parser.add_argument("--epochs", type=int, default=80, help="training epochs (5 iterations of 32 slices each)")
-    parser.add_argument("--bundle", default="eunet_hippocampus", help="bundle folder under bundles/")
-    args = parser.parse_args()
-    out = Path(args.output_dir).resolve()
-    configs = REPO / "bundles" / args.bundle / "configs"
-    start = time.time()
-    print(f"eunets-monai quickstart: bundle {args.bundle}, data {SAMPLE} (MSD Task04 subset, CC-BY-SA 4.0)")
-    run(
-        bundle_cmd(
-            str(configs / "train.json"),
-            **QUICK,
-            dataset_dir=SAMPLE,
-            max_epochs=args.epochs,
-            val_interval=5,
-            learning_rate=0.005,
-            batch_size=2,
-            num_samples=16,
-            num_workers=0,
-            resume=False,
-            ckpt_dir=out / "models",
-            output_dir=out / "logs",
-        ),
-        f"1/2 train {args.bundle} ({args.epochs} epochs, 2D, 12 hippocampus cases, 5-fold split fold 0)",
-    )
-    pred_dir = out / "inference"
-    run(
-        bundle_cmd(
-            str(configs / "inference.json"),
-            **QUICK,
-            input_dir=SAMPLE / "imagesTs",
-            ckpt_path=out / "models" / "model.pt",
-            output_dir=pred_dir,
-        ),
-        "2/2 inference.json on the 4 held-back cases (mask, CAM, uncertainty)",
-    )
-    print("\nheld-back case      mean Dice (anterior, posterior)   aligned with input")
+def report(title: str, pred_dir: Path) -> None:
+    print(f"\n{title}\nheld-back case      mean Dice (anterior, posterior)   aligned with input")
     rows = held_back_dice(pred_dir)
     for case, dice, aligned in rows:
         print(f"{case:18s}  {dice:.3f}                             {aligned}")
     if not rows or not all(aligned for _, _, aligned in rows):
         sys.exit(f"error: some outputs in {pred_dir} are missing or not aligned with their inputs.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python scripts/quickstart.py --epochs 30",
+    )
+    parser.add_argument("--output_dir", default="outputs/quickstart", help="where checkpoints, logs and NIfTIs go")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (5 iterations of 2 volumes each)")
+    parser.add_argument("--bundle", default="eunet_hippocampus", help="bundle folder under bundles/")
+    parser.add_argument("--skip-training", action="store_true", help="only step 1 (the shipped model)")
+    args = parser.parse_args()
+    out = Path(args.output_dir).resolve()
+    bundle = REPO / "bundles" / args.bundle
+    configs = bundle / "configs"
+    start = time.time()
+    print(f"eunets-monai quickstart: bundle {args.bundle}, data {SAMPLE} (MSD Task04 subset, CC-BY-SA 4.0)")
+    shipped = out / "shipped"
+    if not (bundle / "models" / "model.pt").is_file():
+        sys.exit(f"error: {bundle / 'models' / 'model.pt'} not found: this bundle ships no weights.")
+    run(
+        [sys.executable, "-m", "eunets_monai.infer", str(bundle), str(SAMPLE / "imagesTs"), "--output", str(shipped)]
+        + ["--previews", "--overwrite"],
+        "1/3 eunets-infer with the shipped weights on the 4 held-back cases (mask, CAM, uncertainty, previews)",
+    )
+    report("shipped model:", shipped)
+    if args.skip_training:
+        print(f"\ndone in {time.time() - start:.0f} s. Outputs: {shipped} (previews: {shipped / 'index.html'})")
+        return
+    run(
+        bundle_cmd(
+            str(configs / "train.json"),
+            **QUICK,
+            bundle_root=bundle,
+            dataset_dir=SAMPLE,
+            max_epochs=args.epochs,
+            val_interval=5,
+            learning_rate=0.003,
+            resume=False,
+            ckpt_dir=out / "models",
+            output_dir=out / "logs",
+        ),
+        f"2/3 train {args.bundle} from scratch ({args.epochs} epochs, 12 hippocampus cases, 5-fold split fold 0)",
+    )
+    pred_dir = out / "inference"
+    run(
+        bundle_cmd(
+            str(configs / "inference.json"),
+            bundle_root=bundle,
+            input_dir=SAMPLE / "imagesTs",
+            ckpt_path=out / "models" / "model.pt",
+            output_dir=pred_dir,
+        ),
+        "3/3 the bundle's inference.json with the new checkpoint on the 4 held-back cases",
+    )
+    report(f"after {args.epochs} short epochs of training (far less than the shipped model's):", pred_dir)
     print(
         f"\ndone in {time.time() - start:.0f} s. Outputs (NIfTI: *_seg = mask, *_cam = CAM per class, "
-        f"*_uncertainty = uncertainty in [0, 1]):\n{pred_dir}\ncheckpoints: {out / 'models'}, "
-        f"TensorBoard logs: {out / 'logs'}"
+        f"*_uncertainty = uncertainty in [0, 1]):\n  shipped model: {shipped} (summary.csv, previews/index.html)\n"
+        f"  trained here: {pred_dir}\ncheckpoints: {out / 'models'}, TensorBoard logs: {out / 'logs'}"
     )
 
 
