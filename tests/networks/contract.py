@@ -122,3 +122,19 @@ def check_all(factory: NetFactory, spatial_dims: int) -> None:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def pinned_output_stats(net, spatial_dims: int) -> list[float]:
+    """Sum, sum of squares and a strided sum of the eval logits of a seeded input (to pin outputs across changes)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 1, *((12, 20) if spatial_dims == 2 else (8, 12, 8)), generator=g)
+    with torch.no_grad():
+        y = net.eval()(x).double()
+    return [y.sum().item(), (y * y).sum().item(), y.flatten()[::37].sum().item()]
+
+
+def skip_attention_modes(net) -> set:
+    """The ``attention`` option of every skip cross-attention block of ``net``."""
+    from eunets_monai.networks.blocks.attention import SkipCrossAttention
+
+    return {m.attention for m in net.modules() if isinstance(m, SkipCrossAttention)}

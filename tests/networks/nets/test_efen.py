@@ -3,7 +3,7 @@ import torch
 
 from eunets_monai.networks.blocks.attention import SkipCrossAttention
 from eunets_monai.networks.nets.efen import EFEN, EUEFEN
-from tests.networks.contract import check_all, count_parameters
+from tests.networks.contract import check_all, count_parameters, pinned_output_stats, skip_attention_modes
 
 SMALL = (4, 8, 16)
 
@@ -51,15 +51,6 @@ def test_parameter_counts_at_paper_setting():
     assert 0 < count_parameters(eu) - count_parameters(plain) < 100_000
 
 
-def pinned_output_stats(net, spatial_dims: int) -> list[float]:
-    """Sum, sum of squares and a strided sum of the eval logits of a seeded input (pinned before ``attention``)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(1, 1, *((12, 20) if spatial_dims == 2 else (8, 12, 8)), generator=g)
-    with torch.no_grad():
-        y = net.eval()(x).double()
-    return [y.sum().item(), (y * y).sum().item(), y.flatten()[::37].sum().item()]
-
-
 # Outputs of the code before the ``attention`` option existed (seed 0, widths 4-8-16): the papers' global attention
 # must stay bit-for-bit the same by default in 2D, and when asked for explicitly in 3D.
 PINNED = {
@@ -79,14 +70,7 @@ def test_outputs_unchanged_for_the_papers_attention(spatial_dims, mhex):
 
 
 def test_attention_option_defaults_global_in_2d_reduced_in_3d():
-    modes = {
-        sd: {
-            m.attention
-            for m in EFEN(sd, 1, 2, channels=SMALL, num_heads=1).modules()
-            if isinstance(m, SkipCrossAttention)
-        }
-        for sd in (2, 3)
-    }
+    modes = {sd: skip_attention_modes(EFEN(sd, 1, 2, channels=SMALL, num_heads=1)) for sd in (2, 3)}
     assert modes == {2: {"global"}, 3: {"reduced"}}
     net = EFEN(3, 1, 2, channels=SMALL, num_heads=1, attention="global", kv_size=3)
     assert {(m.attention, m.kv_size) for m in net.modules() if isinstance(m, SkipCrossAttention)} == {("global", 3)}

@@ -4,7 +4,7 @@ import torch
 from eunets_monai.networks.blocks.attention import BottleneckSelfAttention, SkipCrossAttention
 from eunets_monai.networks.nets.unet import EUNet, UNet
 from eunets_monai.networks.nets.unet_transformer import EUNetTransformer, UNetTransformer
-from tests.networks.contract import check_all, count_parameters
+from tests.networks.contract import check_all, count_parameters, pinned_output_stats, skip_attention_modes
 
 SMALL = (4, 8, 16)
 
@@ -52,15 +52,6 @@ def test_paper_parameter_counts():
     assert extra == count_parameters(plain.mhsa) + count_parameters(plain.mhca)
 
 
-def pinned_output_stats(net, spatial_dims: int) -> list[float]:
-    """Sum, sum of squares and a strided sum of the eval logits of a seeded input (pinned before ``attention``)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(1, 1, *((12, 20) if spatial_dims == 2 else (8, 12, 8)), generator=g)
-    with torch.no_grad():
-        y = net.eval()(x).double()
-    return [y.sum().item(), (y * y).sum().item(), y.flatten()[::37].sum().item()]
-
-
 # Outputs of the code before the ``attention`` option existed (seed 0, widths 4-8-16): the papers' global attention
 # must stay bit-for-bit the same by default in 2D, and when asked for explicitly in 3D.
 PINNED = {
@@ -80,14 +71,7 @@ def test_outputs_unchanged_for_the_papers_attention(spatial_dims, mhex):
 
 
 def test_attention_option_defaults_global_in_2d_reduced_in_3d():
-    modes = {
-        sd: {
-            m.attention
-            for m in UNetTransformer(sd, 1, 2, channels=SMALL, num_heads=2).modules()
-            if isinstance(m, SkipCrossAttention)
-        }
-        for sd in (2, 3)
-    }
+    modes = {sd: skip_attention_modes(UNetTransformer(sd, 1, 2, channels=SMALL, num_heads=2)) for sd in (2, 3)}
     assert modes == {2: {"global"}, 3: {"reduced"}}
     net = UNetTransformer(3, 1, 2, channels=SMALL, num_heads=2, attention="global", kv_size=3)
     assert {(m.attention, m.kv_size) for m in net.modules() if isinstance(m, SkipCrossAttention)} == {("global", 3)}
