@@ -56,3 +56,9 @@ def overrides(**kwargs) -> list[str]:
 def train_losses(log: str) -> list[float]:
     """Per-iteration training losses printed by the bundle's StatsHandler."""
     return [float(line.rsplit("train_loss:", 1)[1].split()[0]) for line in log.splitlines() if "train_loss:" in line]
+
+
+def tiny_patch(bundle: str) -> str:
+    """A 16-voxel patch in the bundle's own dimensionality (its configs fix 2D or 3D)."""
+    dims = next(v.spatial_dims for v in generate_bundles.VARIANTS if v.name == bundle)
+    return str([16] * dims)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.bundles.helpers import SAMPLE, TINY, cli, configs, overrides, train_losses
+from tests.bundles.helpers import SAMPLE, TINY, cli, configs, overrides, tiny_patch, train_losses
 
 BUNDLE = "eunet_hippocampus"
 
 
 def test_ddp_two_cpu_processes(tmp_path):
     config = json.dumps([str(configs(BUNDLE) / "train.json"), str(configs(BUNDLE) / "multi_gpu_train.json")])
-    args = {"dataset_dir": SAMPLE, **TINY, "patch_size": "[16, 16]", "max_epochs": 1}
+    args = {"dataset_dir": SAMPLE, **TINY, "patch_size": tiny_patch(BUNDLE), "max_epochs": 1}
     args.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval")
     launcher = [
         sys.executable,

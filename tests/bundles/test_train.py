@@ -13,13 +13,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.bundles.helpers import SAMPLE, TINY, cli, configs, overrides, train_losses
+from tests.bundles.helpers import SAMPLE, TINY, cli, configs, overrides, tiny_patch, train_losses
 
 # One training run (module fixture) serves all tests here: keep them on one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("bundle_train")
 
 BUNDLE = "eunet_hippocampus"
-HIPPO = {"dataset_dir": SAMPLE, "learning_rate": 0.01, **TINY, "patch_size": "[16, 16]"}  # a 2D network
+HIPPO = {"dataset_dir": SAMPLE, "learning_rate": 0.01, **TINY, "patch_size": tiny_patch(BUNDLE)}
 
 
 def run_train(workdir, *extra, config="train.json", **kwargs):
