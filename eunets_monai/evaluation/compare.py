@@ -43,6 +43,7 @@ from eunets_monai.data.presets import get_inferer, get_task, get_transforms
 from eunets_monai.engine.losses import get_loss
 from eunets_monai.engine.outputs import final_output
 from eunets_monai.networks import NETWORKS, get_network
+from eunets_monai.utils import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "DISPLAY_NAMES",
@@ -260,17 +261,7 @@ def _mean_dice(per_case: dict[str, list[float]]) -> float:
 
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _batches(loader: DataLoader) -> Iterator[dict]:
@@ -338,7 +329,7 @@ def train_run(
     def save() -> None:
         if state_path:
             run = {k: v for k, v in st.items() if k != "best_state"}
-            _atomic_save(
+            atomic_torch_save(
                 {
                     "model": net.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -488,7 +479,7 @@ def run_study(
                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 )
                 if keep_weights:
-                    _atomic_save(best_state, out / "weights" / f"{name}.pt")
+                    atomic_torch_save(best_state, out / "weights" / f"{name}.pt")
                 _atomic_json(res, raw)
                 log(f"{name}: mean Dice {res['mean_dice']:.4f} in {res['seconds']:.0f} s")
                 results.append(res)

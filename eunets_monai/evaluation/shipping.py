@@ -28,7 +28,6 @@ from eunets_monai.evaluation.compare import (
     RunSpec,
     StudyConfig,
     _atomic_json,
-    _atomic_save,
     build_network,
     case_id,
     evaluate,
@@ -36,6 +35,7 @@ from eunets_monai.evaluation.compare import (
     study_splits,
     train_run,
 )
+from eunets_monai.utils import atomic_torch_save
 
 __all__ = [
     "BUNDLE_NETWORKS",
@@ -144,7 +144,7 @@ def train_bundle_model(
         return None
     state = {k: v.float() if v.is_floating_point() else v for k, v in res.pop("best_state").items()}
     model_path = Path(bundles_dir) / bundle / "models" / "model.pt"
-    _atomic_save(state, model_path)
+    atomic_torch_save(state, model_path)
 
     # Dice of the shipped weights on the embedded cases (never trained on) through the same evaluation.
     net = build_network(spec.network, True, cfg).to(cfg.device)

@@ -56,6 +56,7 @@ from eunets_monai.networks.nets.unet import EUNet
 from eunets_monai.uncertainty.baselines import deep_ensemble, flip_tta, mc_dropout, softmax_entropy
 from eunets_monai.uncertainty.collaboration import collaboration_gradient, collaboration_to_unit
 from eunets_monai.uncertainty.single_pass import QUALITY_SCORE, case_quality, fit_temperature, heads_mutual_information
+from eunets_monai.utils import atomic_torch_save, atomic_write_text
 
 __all__ = ["StudyConfig", "FULL", "QUICK", "run_study", "rewrite_report", "METHODS", "SINGLE_PASS"]
 
@@ -218,19 +219,6 @@ def train_member(cfg: StudyConfig, seed: int, train_data: list[dict], sampler: C
     return net.eval()
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def get_members(cfg: StudyConfig, cache_dir: Path, train_items: Sequence[dict]) -> tuple[list[EUNet], float]:
     """Load the cached members of this config, training (and caching) the missing ones. Returns (nets, train s)."""
     folder = cache_dir / cfg.model_key()
@@ -327,19 +315,6 @@ def fmt(values: Sequence[float], digits: int = 3) -> str:
 
 def _ms(t: tuple) -> str:
     return "n/a" if math.isnan(t[0]) else f"{t[0]:.3f} ± {t[1]:.3f}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _unit_collab(u: torch.Tensor, net: EUNet) -> torch.Tensor:

@@ -31,6 +31,7 @@ from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
 from eunets_monai.explain.cam import minmax_normalize
 from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY, ExplainedPredictor
+from eunets_monai.utils import atomic_write
 
 __all__ = [
     "BatchInference",
@@ -162,23 +163,15 @@ def atomic_write_nifti(array: torch.Tensor | np.ndarray, meta: Mapping, path: Pa
 
     A single channel is written as a 3D volume; C > 1 channels become the last (4th) NIfTI axis.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes[-2:])}")
     data = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
     data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
     affine = meta["affine"]
     affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
-    try:
-        image = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine)
-        image.header.set_qform(affine, code=1)
-        image.header.set_sform(affine, code=1)
-        image.header.set_xyzt_units("mm", "sec")
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    image = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    return atomic_write(path, lambda tmp: nib.save(image, str(tmp)))
 
 
 class BatchInference:

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from eunets_monai.data.checks import DataError
+from eunets_monai.utils import TMP_TAG, atomic_write_text, temporary_name
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -48,7 +49,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 OUTPUT_SUFFIXES = ("seg", "cam", "uncertainty")
-TMP_TAG = ".eunets-tmp-"
 # Files of a previous run (or of this one) in an output folder that doubles as the input folder.
 _OWN_OUTPUT = re.compile(r"_(seg|cam|uncertainty)\.nii(\.gz)?$")
 MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 100.0
@@ -595,10 +595,6 @@ def _nifti(array: np.ndarray, volume: ImageVolume, dtype: type, description: str
     return img
 
 
-def _tmp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TMP_TAG}{os.getpid()}.nii.gz")
-
-
 def write_case(
     output_dir: str | os.PathLike, name: str, arrays: Mapping[str, tuple[np.ndarray, type]], volume: ImageVolume
 ) -> dict[str, Path]:
@@ -621,7 +617,7 @@ def write_case(
     temps: dict[str, Path] = {}
     try:
         for key, (array, dtype) in arrays.items():
-            temps[key] = _tmp_name(finals[key])
+            temps[key] = temporary_name(finals[key])
             nib.save(_nifti(np.asarray(array), volume, dtype, f"eunets-infer {key}"), str(temps[key]))
             with open(temps[key], "rb") as f:
                 os.fsync(f.fileno())
@@ -668,10 +664,3 @@ def check_writable(output_dir: str | os.PathLike) -> Path:
         reason = e.strerror or type(e).__name__
         raise InputError(f"output folder {root} is not writable: {reason}.") from None
     return root.resolve()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary name (the summary is never seen half-written)."""
-    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
