@@ -30,6 +30,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from eunets_monai.networks.blocks.mhex import HEAD_INITS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,6 +54,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", type=int, default=None, help="validations without gain before stopping")
     p.add_argument("--loss", default=None, help="dicece | dice | ce | bcedice | focal")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--head-init", choices=HEAD_INITS, default=None, help="MHEX+ Conv1 initialisation (default identity)"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda")
     p.add_argument("--max-minutes", type=float, default=None, help="stop and save state after this long")
 
@@ -74,6 +79,7 @@ def _config(args: argparse.Namespace, base):
         early_stop=args.early_stop,
         loss=args.loss,
         seed=args.seed,
+        head_init=args.head_init,
         device=args.device,
         amp=(args.device or "").startswith("cuda") or None,
     )

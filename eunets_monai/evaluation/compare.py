@@ -96,6 +96,8 @@ class StudyConfig:
         learning_rate: Adam's initial rate; lr_patience, lr_factor: ``ReduceLROnPlateau`` on validation Dice.
         early_stop: validations without improvement before stopping (0: never).
         loss: ``eunets_monai.engine.losses.get_loss`` name; deep_supervision: for EU-Nets (the paper's recipe).
+        head_init: how the MHEX+ heads' Conv1 starts (``eunets_monai.networks.HEAD_INITS``): "identity" (this
+            package's default) or "default" (PyTorch's, as in the runs before the head-initialisation study).
         exclude: case ids (e.g. "hippocampus_004") never used for training (the embedded sample, for shipping).
         device: "cpu", "cuda", ...; amp: mixed precision on CUDA.
     """
@@ -119,6 +121,7 @@ class StudyConfig:
     early_stop: int = 6
     loss: str = "dicece"
     deep_supervision: bool = True
+    head_init: str = "identity"
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
     amp: bool = False
@@ -189,9 +192,12 @@ def study_splits(datalist: Sequence[dict], cfg: StudyConfig, fold: int) -> tuple
 
 
 def build_network(network: str, mhex: bool, cfg: StudyConfig) -> torch.nn.Module:
-    """The study's network: ``get_network(network, spatial_dims, in_channels, out_channels, channels, mhex)``."""
+    """
+    The study's network: ``get_network(network, spatial_dims, in_channels, out_channels, channels, mhex)``, its
+    MHEX+ heads initialised as ``cfg.head_init`` says.
+    """
     p = get_task(cfg.task)
-    return get_network(
+    net = get_network(
         network,
         spatial_dims=cfg.spatial_dims,
         in_channels=p.in_channels,
@@ -199,6 +205,10 @@ def build_network(network: str, mhex: bool, cfg: StudyConfig) -> torch.nn.Module
         channels=list(cfg.channels),
         mhex=mhex,
     )
+    if cfg.head_init != "identity":  # the networks are built with identity heads
+        for head in net.heads or ():
+            head.reset_parameters(cfg.head_init)
+    return net
 
 
 def count_parameters(net: torch.nn.Module) -> int:

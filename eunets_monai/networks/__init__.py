@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eunets_monai.networks.blocks.mhex import MHEXPlus
+from eunets_monai.networks.blocks.mhex import HEAD_INITS, MHEXPlus
 from eunets_monai.networks.nets import (
     EFEN,
     EUEFEN,
@@ -52,6 +52,7 @@ __all__ = [
     "NETWORKS",
     "get_network",
     "MHEXPlus",
+    "HEAD_INITS",
     "EUNetBase",
     "EUNetOutputs",
     "HeadOutputs",

@@ -15,7 +15,10 @@ SHAPES = {2: (11, 14), 3: (7, 10, 6)}  # odd sizes: the net pads internally and 
 
 def tiny_eunet(spatial_dims: int, classes: int = 3) -> EUNet:
     torch.manual_seed(0)
-    return EUNet(spatial_dims, 1, classes, channels=(3, 4, 5)).eval()
+    net = EUNet(spatial_dims, 1, classes, channels=(3, 4, 5)).eval()
+    for head in net.heads:  # random W1: with the identity start W_equiv = W2 would hide a mixed-up product
+        head.reset_parameters("default")
+    return net
 
 
 def direct_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:

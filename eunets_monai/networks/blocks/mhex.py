@@ -6,7 +6,9 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-__all__ = ["MHEXPlus"]
+__all__ = ["MHEXPlus", "HEAD_INITS"]
+
+HEAD_INITS = ("identity", "default")
 
 
 class MHEXPlus(nn.Module):
@@ -22,10 +24,17 @@ class MHEXPlus(nn.Module):
     Both convolutions are bias-free, so the two linear maps compose into the *equivalent kernel*
     ``W_equiv = W2 @ W1`` (sec. 3.3), see :py:meth:`equivalent_kernel`.
 
+    Conv1 starts as the identity (``init="identity"``), so at initialisation ``Y = ReLU(X)`` and the head passes the
+    decoder features on, gated, instead of a random projection of them. The paper does not say how the heads are
+    initialised; with PyTorch's default (``init="default"``) every EU-Net here first learnt one hippocampus class
+    only and found the second one hundreds of steps later than its plain baseline (docs/RESULTS.md, "Head
+    initialisation"). Conv2 keeps PyTorch's default.
+
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
         in_channels: channels C of the decoder-stage features X.
         out_channels: number of classes of the deep prediction.
+        init: Conv1's initialisation, ``"identity"`` or ``"default"`` (PyTorch's Kaiming-uniform); see above.
 
     Examples::
 
@@ -35,12 +44,25 @@ class MHEXPlus(nn.Module):
         (torch.Size([1, 32, 64, 64]), torch.Size([1, 2, 64, 64]))
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, init: str = "identity") -> None:
         super().__init__()
         conv_type = Conv[Conv.CONV, spatial_dims]
         # Conv1 is C x C so that the gated features can replace X on the main decoder path.
         self.conv1 = conv_type(in_channels, in_channels, kernel_size=1, bias=False)
         self.conv2 = conv_type(in_channels, out_channels, kernel_size=1, bias=False)
+        self._init_conv1(init)
+
+    def reset_parameters(self, init: str = "identity") -> None:
+        """(Re-)initialise both convolutions: Conv1 as ``init`` says (``HEAD_INITS``), Conv2 PyTorch's default."""
+        self.conv1.reset_parameters()
+        self.conv2.reset_parameters()
+        self._init_conv1(init)
+
+    def _init_conv1(self, init: str) -> None:
+        if init not in HEAD_INITS:
+            raise ValueError(f"init must be one of {HEAD_INITS}, got {init!r}.")
+        if init == "identity":
+            nn.init.dirac_(self.conv1.weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """

@@ -7,7 +7,7 @@ from eunets_monai.networks.blocks.mhex import MHEXPlus
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_mhex_equations_against_per_pixel_loops(spatial_dims):
     torch.manual_seed(0)
-    head = MHEXPlus(spatial_dims, in_channels=3, out_channels=2)
+    head = MHEXPlus(spatial_dims, in_channels=3, out_channels=2, init="default")  # a random W1, not the identity
     shape = (4, 5) if spatial_dims == 2 else (3, 4, 2)
     x = torch.randn(1, 3, *shape)
     gated, hidden, pred = head(x)
@@ -25,7 +25,7 @@ def test_mhex_equations_against_per_pixel_loops(spatial_dims):
 
 
 def test_no_biases_and_equivalent_kernel():
-    head = MHEXPlus(2, in_channels=4, out_channels=3)
+    head = MHEXPlus(2, in_channels=4, out_channels=3, init="default")
     assert head.conv1.bias is None and head.conv2.bias is None
     w1, w2 = head.conv1.weight[:, :, 0, 0], head.conv2.weight[:, :, 0, 0]
     expected = torch.zeros(3, 4)
@@ -33,3 +33,28 @@ def test_no_biases_and_equivalent_kernel():
         for i in range(4):
             expected[c, i] = sum(w2[c, j] * w1[j, i] for j in range(4))
     torch.testing.assert_close(head.equivalent_kernel(), expected.reshape(3, 4, 1, 1))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_identity_init_passes_features_on(spatial_dims):
+    head = MHEXPlus(spatial_dims, in_channels=5, out_channels=2)
+    x = torch.randn(2, 5, *([6] * spatial_dims))
+    gated, hidden, pred = head(x)
+    # W1 = I: Y = ReLU(X), and the prediction is Conv2 on it, so W_equiv = W2 at the start
+    torch.testing.assert_close(hidden, torch.relu(x))
+    torch.testing.assert_close(gated, torch.sigmoid(torch.relu(x)) * torch.relu(x))
+    torch.testing.assert_close(head.equivalent_kernel(), head.conv2.weight)
+    assert pred.abs().sum() > 0
+
+
+def test_reset_parameters_and_bad_init():
+    torch.manual_seed(0)
+    head = MHEXPlus(2, in_channels=4, out_channels=3)
+    eye = torch.eye(4).reshape(4, 4, 1, 1)
+    assert torch.equal(head.conv1.weight, eye)
+    head.reset_parameters("default")
+    assert not torch.allclose(head.conv1.weight, eye)
+    head.reset_parameters()
+    assert torch.equal(head.conv1.weight, eye)
+    with pytest.raises(ValueError, match="init must be one of"):
+        MHEXPlus(2, 4, 3, init="zeros")
