@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -246,6 +247,10 @@ def run_cases(
     """
     Run ``predictor`` over ``cases``, writing each case as a unit; never stops for a bad case.
 
+    A case's files are written (and its preview drawn) by one background thread while the next case is computed:
+    compressing a float32 CAM costs about a tenth of a small case's network time, and this hides it. At most one
+    case waits to be written, so memory holds at most two cases' maps.
+
     Args:
         cases: what to run (see :py:func:`~eunets_monai.inference.io.collect_inputs`).
         predictor: the :py:class:`VolumePredictor`.
@@ -258,44 +263,87 @@ def run_cases(
             is added to the case's warnings.
 
     Returns:
-        one summary row per case: case, input, status ("ok" / "skipped" / "failed"), error, seconds, shape, spacing,
-        warnings, outputs, per-label ``volume_ml_<name>`` and ``mean_uncertainty_<name>``.
+        one summary row per case, in the order of ``cases``: case, input, status ("ok" / "skipped" / "failed"),
+        error, seconds (computing + writing), shape, spacing, warnings, outputs, per-label ``volume_ml_<name>`` and
+        ``mean_uncertainty_<name>``.
     """
     from tqdm.auto import tqdm
 
-    rows = []
+    rows: list[dict] = []
+    pending: tuple[dict, CaseInput, Future, float] | None = None
+
+    def settle() -> None:  # wait for the case being written and finish its row
+        nonlocal pending
+        if pending is not None:
+            row, case, future, start = pending
+            pending = None
+            try:
+                row.update(future.result())
+            except Exception as e:
+                _fail(row, case, e)
+                row["seconds"] = round(time.perf_counter() - start, 3)
+
     bar = tqdm(cases, desc="eunets-infer", unit="case", disable=not progress, dynamic_ncols=True)
-    for case in bar:
-        bar.set_postfix_str(case.name[:40])
-        row: dict = {"case": case.name, "input": case.path, "status": "", "error": ""}
-        if case.series_uid:
-            row["series_uid"] = case.series_uid
-        if not overwrite and case_complete(output_dir, case.name, predictor.outputs):
-            row.update({k: v for k, v in (previous or {}).get(case.name, {}).items() if k not in ("status", "error")})
-            row["status"] = "skipped"
-            rows.append(row)
-            continue
-        start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eunets-write") as writer:
         try:
-            output_paths(output_dir, case.name, predictor.outputs)
-            volume = read_volume(case)
-            row["shape"] = list(volume.spatial_shape)
-            row["spacing"] = [round(s, 5) for s in volume.spacing]
-            maps = predictor(volume)
-            arrays = {k: (maps[k], np.uint8 if k == "seg" else np.float32) for k in predictor.outputs}
-            written = write_case(output_dir, case.name, arrays, volume)
-            row.update(_case_stats(volume, maps, class_names))
-            row["outputs"] = [p.name for p in written.values()]
-            row["status"] = "ok"
-            note = on_case(case, volume, maps) if on_case is not None else None
-            row["warnings"] = "; ".join(volume.warnings + ([note] if note else []))
-        except Exception as e:  # one bad case never costs the others their outputs
-            row["status"], row["error"] = "failed", error_summary(e)[:500]
-            logger.error(f"{case.path}: {_strip_name(row['error'], case.path)}")
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        rows.append(row)
+            for case in bar:
+                bar.set_postfix_str(case.name[:40])
+                row: dict = {"case": case.name, "input": case.path, "status": "", "error": ""}
+                if case.series_uid:
+                    row["series_uid"] = case.series_uid
+                rows.append(row)
+                if not overwrite and case_complete(output_dir, case.name, predictor.outputs):
+                    kept = (previous or {}).get(case.name, {})
+                    row.update({k: v for k, v in kept.items() if k not in ("status", "error")})
+                    row["status"] = "skipped"
+                    continue
+                start = time.perf_counter()
+                try:
+                    output_paths(output_dir, case.name, predictor.outputs)
+                    volume = read_volume(case)
+                    row["shape"] = list(volume.spatial_shape)
+                    row["spacing"] = [round(s, 5) for s in volume.spacing]
+                    maps = predictor(volume)
+                except Exception as e:  # one bad case never costs the others their outputs
+                    _fail(row, case, e)
+                    row["seconds"] = round(time.perf_counter() - start, 3)
+                    continue
+                computed = time.perf_counter() - start
+                settle()
+                args = (output_dir, case, volume, maps, predictor.outputs, class_names, on_case, computed)
+                pending = (row, case, writer.submit(_write_and_describe, *args), start)
+        finally:
+            settle()  # also on Ctrl-C: the case being written is finished, never left half-written
     bar.close()
     return rows
+
+
+def _write_and_describe(
+    output_dir: str | os.PathLike,
+    case: CaseInput,
+    volume: ImageVolume,
+    maps: dict[str, np.ndarray],
+    outputs: Sequence[str],
+    class_names: Sequence[str],
+    on_case: Callable[[CaseInput, ImageVolume, dict[str, np.ndarray]], str | None] | None,
+    computed: float,
+) -> dict:
+    """The writer thread's part of a case: its files as a unit, its summary statistics, its preview."""
+    start = time.perf_counter()
+    arrays = {k: (maps[k], np.uint8 if k == "seg" else np.float32) for k in outputs}
+    written = write_case(output_dir, case.name, arrays, volume)
+    update = _case_stats(volume, maps, class_names)
+    update["outputs"] = [p.name for p in written.values()]
+    update["status"] = "ok"
+    note = on_case(case, volume, maps) if on_case is not None else None
+    update["warnings"] = "; ".join(volume.warnings + ([note] if note else []))
+    update["seconds"] = round(computed + time.perf_counter() - start, 3)
+    return update
+
+
+def _fail(row: dict, case: CaseInput, error: Exception) -> None:
+    row["status"], row["error"] = "failed", error_summary(error)[:500]
+    logger.error(f"{case.path}: {_strip_name(row['error'], case.path)}")
 
 
 def _strip_name(error: str, path: str) -> str:
