@@ -14,9 +14,11 @@ Examples::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,18 @@ def _summary(per_case: dict[str, list[float]], classes: list[str]) -> dict:
     out["mean"] = round(float(arr.mean()), 4)
     out["n_cases"] = int(arr.shape[0])
     return out
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``<path>.lock`` for a read-modify-write of ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def train_bundle_model(
@@ -185,9 +199,10 @@ def train_bundle_model(
         "data_licence": DATA_LICENCE,
         "shipped": True,
     }
-    table = json.loads(path.read_text()) if path.is_file() else {}
-    table[bundle] = entry
-    _atomic_json(dict(sorted(table.items())), path)
+    with _locked(path):  # several bundles may be trained at once: no entry may overwrite another's
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        table[bundle] = entry
+        _atomic_json(dict(sorted(table.items())), path)
     log(f"{bundle}: validation fold {fold} mean Dice {entry['validation'].get('mean')}, wrote {model_path}")
     return entry
 
@@ -246,10 +261,11 @@ def withdraw_bundle_model(bundle: str, bundles_dir: str | Path, reason: str) -> 
         the updated entry.
     """
     path = Path(bundles_dir) / "_shared" / MODELS_JSON.name
-    table = json.loads(path.read_text()) if path.is_file() else {}
-    if bundle not in table:
-        raise ValueError(f"{bundle!r} has no entry in {path}; nothing to withdraw.")
-    (Path(bundles_dir) / bundle / "models" / "model.pt").unlink(missing_ok=True)
-    table[bundle].update(shipped=False, withdrawn_because=reason)
-    _atomic_json(table, path)
+    with _locked(path):
+        table = json.loads(path.read_text()) if path.is_file() else {}
+        if bundle not in table:
+            raise ValueError(f"{bundle!r} has no entry in {path}; nothing to withdraw.")
+        (Path(bundles_dir) / bundle / "models" / "model.pt").unlink(missing_ok=True)
+        table[bundle].update(shipped=False, withdrawn_because=reason)
+        _atomic_json(table, path)
     return table[bundle]
