@@ -27,10 +27,12 @@ EXAMPLE = """examples (the first on the embedded hippocampus sample, after pytho
       --ckpt outputs/quickstart/models/model.pt --set task=hippocampus --set spatial_dims=2 \
       --set "channels=[16,32,64,128]" --previews
   eunets-infer BUNDLE scans/ dicom_series/ extra/*.nrrd --output out/ --outputs seg,cam --previews
+  eunets-infer BUNDLE dicom_series/ --output out/ --dicom-seg       # + <series>_seg.dcm for PACS / OHIF / Slicer
   torchrun --nproc_per_node 2 -m eunets_monai.infer BUNDLE data/dataset.json --output out/
 
 Each case gives <case>_seg.nii.gz, <case>_cam.nii.gz, <case>_uncertainty.nii.gz (as --outputs asks), aligned voxel
-for voxel with its input; summary.json / summary.csv list every case. The exit code is 1 when any case failed."""
+for voxel with its input (and, with --dicom-seg, <series>_seg.dcm for DICOM inputs); summary.json / summary.csv list
+every case. The exit code is 1 when any case failed."""
 
 
 class CliError(RuntimeError):
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--amp", action="store_true", help="float16 autocast on GPU")
     p.add_argument("--previews", action="store_true", help="one PNG per case and an index.html gallery")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="DICOM series inputs also get <case>_seg.dcm, a DICOM Segmentation referencing the series "
+        "(needs highdicom: pip install 'eunets-monai[dicom]')",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars; errors and the final line only")
     return p
 
@@ -269,6 +277,11 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CliError("--previews needs matplotlib: pip install matplotlib") from None
+    if args.dicom_seg:
+        from eunets_monai.inference.dicom_seg import dicom_seg_available
+
+        if not dicom_seg_available():
+            raise CliError("--dicom-seg needs highdicom: pip install 'eunets-monai[dicom]' (or pip install highdicom)")
     try:
         cases, problems = collect_inputs(args.inputs, split=args.split, exclude=output)
     except InputError as e:
@@ -287,7 +300,16 @@ def run(args: argparse.Namespace) -> int:
         on_case = _preview_hook(output, bundle["class_names"])
 
     rows = run_cases(
-        mine, predictor, output, bundle["class_names"], args.overwrite, not args.quiet and rank == 0, previous, on_case
+        mine,
+        predictor,
+        output,
+        bundle["class_names"],
+        args.overwrite,
+        not args.quiet and rank == 0,
+        previous,
+        on_case,
+        dicom_seg=args.dicom_seg,
+        algorithm=f"eunets-monai {bundle['root'].name}",
     )
     rows = _gather(rows, rank, world, output)
     if rank != 0:

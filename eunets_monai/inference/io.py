@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,7 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 OUTPUT_SUFFIXES = ("seg", "cam", "uncertainty")
 # Files of a previous run (or of this one) in an output folder that doubles as the input folder.
-_OWN_OUTPUT = re.compile(r"_(seg|cam|uncertainty)\.nii(\.gz)?$")
+_OWN_OUTPUT = re.compile(r"(_(seg|cam|uncertainty)\.nii(\.gz)?|_seg\.dcm)$")
 MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 100.0
 
 
@@ -79,7 +79,8 @@ class ImageVolume:
     """
     A scan as stored: ``data`` (C, *spatial) float32 in the file's own voxel order (2 or 3 spatial axes) and the
     4x4 ``affine`` from voxel indices to RAS millimetres. ``header`` is the NIfTI header of a NIfTI input (reused
-    for the outputs); ``warnings`` collects plausibility remarks for the summary.
+    for the outputs); ``dicom_sources`` the pydicom datasets (pixel data dropped) of a DICOM series, in slice order,
+    for a DICOM SEG output; ``warnings`` collects plausibility remarks for the summary.
     """
 
     data: np.ndarray
@@ -87,6 +88,7 @@ class ImageVolume:
     source: str
     header: nib.Nifti1Header | None = None
     warnings: list[str] = field(default_factory=list)
+    dicom_sources: list | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -137,7 +139,7 @@ def _dicom_series(folder: Path) -> dict[str, list[Path]]:
 
     series: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.name.startswith(".") or not _is_dicom_file(f):
+        if not f.is_file() or f.name.startswith(".") or _OWN_OUTPUT.search(f.name) or not _is_dicom_file(f):
             continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
@@ -471,8 +473,9 @@ def _stack_dicom(folder: Path, slices: list) -> ImageVolume:
         slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
         intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
         planes.append(pixels.T * slope + intercept)  # (rows, columns) -> (x = column, y = row)
+        del ds.PixelData  # decoded; a DICOM SEG needs the metadata only
     data = np.stack(planes, axis=-1)[None]
-    return ImageVolume(np.ascontiguousarray(data), LPS_TO_RAS @ lps, str(folder))
+    return ImageVolume(np.ascontiguousarray(data), LPS_TO_RAS @ lps, str(folder), dicom_sources=[d for _, d in slices])
 
 
 def read_volume(case: CaseInput) -> ImageVolume:
@@ -564,9 +567,20 @@ def output_paths(output_dir: str | os.PathLike, name: str, outputs: Sequence[str
     return paths
 
 
-def case_complete(output_dir: str | os.PathLike, name: str, outputs: Sequence[str]) -> bool:
+def extra_paths(output_dir: str | os.PathLike, name: str, suffixes: Sequence[str]) -> dict[str, Path]:
+    """``{suffix: out/<name><suffix>}`` for a case's files beyond the NIfTI maps (e.g. ``"_seg.dcm"``)."""
+    root = Path(output_dir).resolve()
+    paths = {suffix: root / f"{name}{suffix}" for suffix in suffixes}
+    for p in paths.values():
+        if p.parent != root or p.name.startswith("."):
+            raise ValueError(f"unsafe case name {name!r}: its outputs would not be plain files in {root}.")
+    return paths
+
+
+def case_complete(output_dir: str | os.PathLike, name: str, outputs: Sequence[str], extra: Sequence[str] = ()) -> bool:
     """All requested outputs of a case exist (a case is renamed into place only once every file is written)."""
-    return all(p.is_file() and p.stat().st_size > 0 for p in output_paths(output_dir, name, outputs).values())
+    paths = [*output_paths(output_dir, name, outputs).values(), *extra_paths(output_dir, name, extra).values()]
+    return all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
 
 def _nifti(array: np.ndarray, volume: ImageVolume, dtype: type, description: str) -> nib.Nifti1Image:
@@ -596,7 +610,11 @@ def _nifti(array: np.ndarray, volume: ImageVolume, dtype: type, description: str
 
 
 def write_case(
-    output_dir: str | os.PathLike, name: str, arrays: Mapping[str, tuple[np.ndarray, type]], volume: ImageVolume
+    output_dir: str | os.PathLike,
+    name: str,
+    arrays: Mapping[str, tuple[np.ndarray, type]],
+    volume: ImageVolume,
+    extra: Mapping[str, Callable[[Path], None]] | None = None,
 ) -> dict[str, Path]:
     """
     Write a case's outputs as one unit: every file goes to a hidden temporary name in ``output_dir`` first; then the
@@ -609,17 +627,24 @@ def write_case(
         name: the case name.
         arrays: ``{"seg": (array (C, *spatial), np.uint8), ...}`` on the input's voxel grid.
         volume: the input (affine, header).
+        extra: more files of the case, ``{file name suffix: writer(path)}`` (e.g. ``{"_seg.dcm": ...}``), written to
+            temporary names and renamed with the others.
 
     Returns:
-        ``{"seg": path, ...}``.
+        ``{"seg": path, ...}`` (extra files under their suffix).
     """
     finals = output_paths(output_dir, name, list(arrays))
+    finals.update(extra_paths(output_dir, name, list(extra or {})))
     temps: dict[str, Path] = {}
     try:
         for key, (array, dtype) in arrays.items():
             temps[key] = temporary_name(finals[key])
             nib.save(_nifti(np.asarray(array), volume, dtype, f"eunets-infer {key}"), str(temps[key]))
-            with open(temps[key], "rb") as f:
+        for suffix, writer in (extra or {}).items():
+            temps[suffix] = temporary_name(finals[suffix])
+            writer(temps[suffix])
+        for tmp in temps.values():
+            with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         for p in finals.values():  # an old, complete case must not survive half-replaced
             p.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from torch import nn
 
 from eunets_monai.data.checks import CheckFinited, CheckShaped, error_summary
 from eunets_monai.inference.batch import normalize_volume_cam
+from eunets_monai.inference.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_seg
 from eunets_monai.inference.explained import ExplainedPredictor
 from eunets_monai.inference.io import (
     OUTPUT_SUFFIXES,
@@ -243,6 +244,8 @@ def run_cases(
     progress: bool = True,
     previous: Mapping[str, dict] | None = None,
     on_case: Callable[[CaseInput, ImageVolume, dict[str, np.ndarray]], str | None] | None = None,
+    dicom_seg: bool = False,
+    algorithm: str = "eunets-monai",
 ) -> list[dict]:
     """
     Run ``predictor`` over ``cases``, writing each case as a unit; never stops for a bad case.
@@ -261,6 +264,9 @@ def run_cases(
         previous: case name -> its row of an earlier summary (kept for skipped cases).
         on_case: called with (case, volume, maps) after a case is written (to draw its preview); a string it returns
             is added to the case's warnings.
+        dicom_seg: also write ``<case>_seg.dcm`` (a DICOM Segmentation, see
+            :py:mod:`~eunets_monai.inference.dicom_seg`) for each DICOM series input, as part of the case's unit.
+        algorithm: the algorithm name a DICOM SEG records (e.g. the bundle's name).
 
     Returns:
         one summary row per case, in the order of ``cases``: case, input, status ("ok" / "skipped" / "failed"),
@@ -292,7 +298,8 @@ def run_cases(
                 if case.series_uid:
                     row["series_uid"] = case.series_uid
                 rows.append(row)
-                if not overwrite and case_complete(output_dir, case.name, predictor.outputs):
+                extra = (DICOM_SEG_SUFFIX,) if dicom_seg and case.series_uid else ()
+                if not overwrite and case_complete(output_dir, case.name, predictor.outputs, extra):
                     kept = (previous or {}).get(case.name, {})
                     row.update({k: v for k, v in kept.items() if k not in ("status", "error")})
                     row["status"] = "skipped"
@@ -311,6 +318,7 @@ def run_cases(
                 computed = time.perf_counter() - start
                 settle()
                 args = (output_dir, case, volume, maps, predictor.outputs, class_names, on_case, computed)
+                args += (algorithm if dicom_seg else None,)
                 pending = (row, case, writer.submit(_write_and_describe, *args), start)
         finally:
             settle()  # also on Ctrl-C: the case being written is finished, never left half-written
@@ -327,11 +335,20 @@ def _write_and_describe(
     class_names: Sequence[str],
     on_case: Callable[[CaseInput, ImageVolume, dict[str, np.ndarray]], str | None] | None,
     computed: float,
+    dicom_algorithm: str | None = None,
 ) -> dict:
     """The writer thread's part of a case: its files as a unit, its summary statistics, its preview."""
     start = time.perf_counter()
     arrays = {k: (maps[k], np.uint8 if k == "seg" else np.float32) for k in outputs}
-    written = write_case(output_dir, case.name, arrays, volume)
+    extra = {}
+    if dicom_algorithm and volume.dicom_sources:
+        seg, sources = maps["seg"][0], volume.dicom_sources
+
+        def dicom(path: Path) -> None:
+            write_dicom_seg(path, seg, sources, class_names, dicom_algorithm, _package_version())
+
+        extra[DICOM_SEG_SUFFIX] = dicom
+    written = write_case(output_dir, case.name, arrays, volume, extra)
     update = _case_stats(volume, maps, class_names)
     update["outputs"] = [p.name for p in written.values()]
     update["status"] = "ok"
@@ -339,6 +356,15 @@ def _write_and_describe(
     update["warnings"] = "; ".join(volume.warnings + ([note] if note else []))
     update["seconds"] = round(computed + time.perf_counter() - start, 3)
     return update
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eunets-monai")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def _fail(row: dict, case: CaseInput, error: Exception) -> None:

@@ -40,7 +40,7 @@ def write_series(folder: Path, data: np.ndarray, affine_ras: np.ndarray, prefix:
     lps = LPS @ affine_ras
     dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     orientation = [*(lps[:3, 0] / dc), *(lps[:3, 1] / dr)]
-    series_uid, study_uid = generate_uid(), generate_uid()
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     files = []
     for k in range(data.shape[2]):
         meta = FileMetaDataset()
@@ -51,6 +51,7 @@ def write_series(folder: Path, data: np.ndarray, affine_ras: np.ndarray, prefix:
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study_uid, series_uid, "MR"
+        ds.FrameOfReferenceUID = frame_uid
         ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
         ds.PatientName, ds.PatientID = "Test^Phantom", "0"
         ds.Rows, ds.Columns = data.shape[1], data.shape[0]
@@ -149,3 +150,57 @@ def test_itk_formats_read_in_patient_space_and_run(tmp_path, tiny_bundle, suffix
     seg = nib.load(out / "scan_seg.nii.gz")
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
+
+
+def test_dicom_seg_round_trips_labels_onto_the_source_slices(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from eunets_monai.inference.dicom_seg import write_dicom_seg
+
+    data, affine = rounded_case(flip=True)  # stacked in reverse: the SEG must still follow each source slice
+    write_series(tmp_path / "series", data, affine)
+    volume = read_volume(collect_inputs(str(tmp_path / "series"))[0][0])
+    seg = np.zeros(volume.spatial_shape, np.uint8)
+    seg[10:20, 10:30, 5:15], seg[20:25, 10:30, 8:12] = 1, 2
+    names = ["background", "anterior", "posterior"]
+    write_dicom_seg(tmp_path / "a_seg.dcm", seg, volume.dicom_sources, names, "test-algorithm", "1.0")
+    dcm = hd.seg.segread(tmp_path / "a_seg.dcm")
+    assert [d.SegmentLabel for d in dcm.SegmentSequence] == names[1:]
+    assert dcm.SeriesInstanceUID != volume.dicom_sources[0].SeriesInstanceUID
+    assert dcm.FrameOfReferenceUID == volume.dicom_sources[0].FrameOfReferenceUID
+    uids = [ds.SOPInstanceUID for ds in volume.dicom_sources]
+    labels = dcm.get_pixels_by_source_instance(uids, combine_segments=True, relabel=True)  # (slice, row, column)
+    np.testing.assert_array_equal(np.transpose(labels, (2, 1, 0)), seg)
+    write_dicom_seg(tmp_path / "empty_seg.dcm", np.zeros_like(seg), volume.dicom_sources, names)
+    assert hd.seg.segread(tmp_path / "empty_seg.dcm").NumberOfFrames == len(uids) * 2
+    with pytest.raises(ValueError, match="does not match a series of"):
+        write_dicom_seg(tmp_path / "bad.dcm", seg[..., :-1], volume.dicom_sources, names)
+    del volume.dicom_sources[0].FrameOfReferenceUID
+    with pytest.raises(ValueError, match="no FrameOfReferenceUID"):
+        write_dicom_seg(tmp_path / "bad.dcm", seg, volume.dicom_sources, names)
+
+
+def test_dicom_seg_option_writes_a_seg_per_series_as_part_of_the_case(tmp_path, tiny_bundle, monkeypatch, capsys):
+    hd = pytest.importorskip("highdicom")
+    data, affine = rounded_case()
+    write_series(tmp_path / "in" / "series_a", data, affine)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "in" / "same.nii.gz"))
+    out = tmp_path / "out"
+    args = [str(tiny_bundle), str(tmp_path / "in"), "-o", str(out), "--outputs", "seg", "--dicom-seg", "--quiet"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.glob("*_seg.*")) == ["same_seg.nii.gz", "series_a_seg.dcm", "series_a_seg.nii.gz"]
+    dcm = hd.seg.segread(out / "series_a_seg.dcm")
+    sources = [__import__("pydicom").dcmread(f) for f in sorted((tmp_path / "in" / "series_a").iterdir())]
+    assert {r.SeriesInstanceUID for r in dcm.ReferencedSeriesSequence} == {sources[0].SeriesInstanceUID}
+    order = np.argsort([float(ds.ImagePositionPatient[2]) for ds in sources])  # the files are already in z order
+    labels = dcm.get_pixels_by_source_instance([sources[i].SOPInstanceUID for i in order], combine_segments=True)
+    nifti = np.asanyarray(nib.load(out / "series_a_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(np.transpose(labels, (2, 1, 0)), nifti)
+    assert "tiny_bundle" in dcm.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+    # A case without its SEG is not complete: only that case is redone.
+    (out / "series_a_seg.dcm").unlink()
+    assert main(args) == 0
+    rows = {r["case"]: r["status"] for r in json.loads((out / "summary.json").read_text())}
+    assert rows == {"series_a": "ok", "same": "skipped"}
+    monkeypatch.setattr("eunets_monai.inference.dicom_seg.dicom_seg_available", lambda: False)
+    assert main(args + ["--overwrite"]) == 2
+    assert "--dicom-seg needs highdicom" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -30,11 +30,11 @@ def test_next_case_is_computed_while_the_previous_one_is_written(tmp_path, monke
         computing[len([e for e in computing if e.is_set()])].set()
         return original_call(self, volume)
 
-    def write(output_dir, name, arrays, volume):
+    def write(output_dir, name, arrays, volume, extra=None):
         i = [c.name for c in todo].index(name)
         if i + 1 < len(todo):  # the next case starts while this one is still being written
             overlapped.append(computing[i + 1].wait(timeout=20))
-        return original_write(output_dir, name, arrays, volume)
+        return original_write(output_dir, name, arrays, volume, extra)
 
     todo = cases(3)
     monkeypatch.setattr(type(predictor), "__call__", call)
@@ -54,10 +54,10 @@ def test_a_failing_write_or_preview_costs_only_its_own_case(tmp_path, monkeypatc
     bad = todo[1].name
     original_write = runner.write_case
 
-    def write(output_dir, name, arrays, volume):
+    def write(output_dir, name, arrays, volume, extra=None):
         if where == "write" and name == bad:
             raise OSError(f"No space left on device: '{output_dir}'")
-        return original_write(output_dir, name, arrays, volume)
+        return original_write(output_dir, name, arrays, volume, extra)
 
     def preview(case, volume, maps):
         if where == "preview" and case.name == bad:
