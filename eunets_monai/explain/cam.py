@@ -15,6 +15,8 @@ work per pixel and class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +28,7 @@ __all__ = ["head_cam", "stage_cams", "mhex_cam", "minmax_normalize", "NORMALIZAT
 NORMALIZATIONS = ("minmax", "none")
 
 
-def head_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:
+def head_cam(head: MHEXPlus, features: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
     """
     ``CAM_c = sum_j W_equiv[c, j] * A[j]`` of one head on its input features, with Conv1's own stride, padding
     and dilation (for a k x k Conv1 the equivalent kernel is applied as a convolution).
@@ -34,11 +36,14 @@ def head_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:
     Args:
         head: the MHEX+ head.
         features: its input A, (B, C_in, *S_l).
+        classes: compute only these classes' maps (e.g. the foreground ones); default all K.
 
     Returns:
-        (B, K, *S_l) (the stage grid, for the 1x1 heads here).
+        (B, K, *S_l) (the stage grid, for the 1x1 heads here); (B, len(classes), *S_l) with ``classes``.
     """
     weight = head.equivalent_kernel()
+    if classes is not None:
+        weight = weight[list(classes)]
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[features.ndim - 2]
     c1 = head.conv1
     if isinstance(c1.padding, str) or c1.padding_mode != "zeros":
@@ -46,12 +51,13 @@ def head_cam(head: MHEXPlus, features: torch.Tensor) -> torch.Tensor:
     return conv(features, weight, None, c1.stride, c1.padding, c1.dilation)
 
 
-def stage_cams(outputs: EUNetOutputs) -> list[torch.Tensor]:
+def stage_cams(outputs: EUNetOutputs, classes: Sequence[int] | None = None) -> list[torch.Tensor]:
     """
     The equivalent-kernel CAM of every MHEX+ head, on each head's own (internally padded) stage grid.
 
     Args:
         outputs: the result of ``net.forward_explained(x)`` of an EU network.
+        classes: compute only these classes' maps; default all K.
 
     Returns:
         one tensor (B, K, *S_l) per head, deepest stage first; raw (signed, unnormalised) values.
@@ -64,7 +70,7 @@ def stage_cams(outputs: EUNetOutputs) -> list[torch.Tensor]:
     """
     if not outputs.heads:
         raise ValueError("stage_cams needs a network with MHEX+ heads (mhex=True); this one has none.")
-    return [head_cam(h.head, h.features) for h in outputs.heads]
+    return [head_cam(h.head, h.features, classes) for h in outputs.heads]
 
 
 def minmax_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -78,7 +84,7 @@ def minmax_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return out.view_as(x)
 
 
-def mhex_cam(outputs: EUNetOutputs, normalize: str = "minmax") -> torch.Tensor:
+def mhex_cam(outputs: EUNetOutputs, normalize: str = "minmax", classes: Sequence[int] | None = None) -> torch.Tensor:
     """
     Multi-scale equivalent-kernel CAM per class on the output grid.
 
@@ -96,9 +102,11 @@ def mhex_cam(outputs: EUNetOutputs, normalize: str = "minmax") -> torch.Tensor:
     Args:
         outputs: the result of ``net.forward_explained(x)`` of an EU network.
         normalize: ``"minmax"`` or ``"none"``.
+        classes: compute only these classes' maps, in this order (e.g. ``range(1, K)``: no background map, a third
+            less resizing for K = 3); default all K.
 
     Returns:
-        (B, K, *S) on the logits' grid.
+        (B, K, *S) on the logits' grid; (B, len(classes), *S) with ``classes``.
 
     Examples::
 
@@ -108,8 +116,11 @@ def mhex_cam(outputs: EUNetOutputs, normalize: str = "minmax") -> torch.Tensor:
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}.")
-    maps = [outputs.to_output_grid(c) for c in stage_cams(outputs)]
+    maps = [outputs.to_output_grid(c) for c in stage_cams(outputs, classes)]
     if normalize == "none":
-        return torch.stack(maps).sum(0)
+        total = maps[0]
+        for m in maps[1:]:
+            total = total + m
+        return total
     maps = [minmax_normalize(torch.relu(m)) for m in maps]
     return minmax_normalize(torch.stack(maps).mean(0))

@@ -6,6 +6,7 @@ MONAI's ``SlidingWindowInferer`` / ``SliceInferer`` / ``SupervisedEvaluator`` st
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 from monai.data import MetaTensor
@@ -69,6 +70,8 @@ class ExplainedPredictor(nn.Module):
             stitched volume afterwards (e.g. :py:func:`~eunets_monai.explain.cam.minmax_normalize`).
         temperature: ``"entropy"``: divides the logits before the softmax (1 = raw entropy).
         num_probes: ``"collaboration"``: sketch probes per head pair.
+        cam_classes: ``cam="mhex"``: the classes whose CAM channels are computed, in order (e.g. ``range(1, K)`` to
+            skip the background); default all K. ``cam="gradcam"`` always gives all K.
 
     Examples::
 
@@ -88,6 +91,7 @@ class ExplainedPredictor(nn.Module):
         cam_normalize: str = "minmax",
         temperature: float = 1.0,
         num_probes: int = 32,
+        cam_classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
@@ -128,7 +132,13 @@ class ExplainedPredictor(nn.Module):
                 f"uncertainty='entropy' or None."
             )
         self._gradcam = SegGradCAM(network, gradcam_layer, cam_normalize) if self.cam == "gradcam" else None
-        sizes = {"logits": num_classes, "cam": num_classes if self.cam else 0, "uncertainty": 1 if uncertainty else 0}
+        self.cam_classes = None
+        if cam_classes is not None and self.cam == "mhex":
+            self.cam_classes = [int(c) for c in cam_classes]
+            if not self.cam_classes or not all(0 <= c < num_classes for c in self.cam_classes):
+                raise ValueError(f"cam_classes must be class indices in [0, {num_classes}), got {list(cam_classes)}.")
+        num_cams = len(self.cam_classes) if self.cam_classes is not None else num_classes
+        sizes = {"logits": num_classes, "cam": num_cams if self.cam else 0, "uncertainty": 1 if uncertainty else 0}
         self.channel_slices: dict[str, slice] = {}
         start = 0
         for key, size in sizes.items():
@@ -161,7 +171,7 @@ class ExplainedPredictor(nn.Module):
         if self.cam == "mhex":
             with torch.no_grad():
                 outputs = self.network.forward_explained(x) if outputs is None else outputs
-                cam = mhex_cam(outputs, self.cam_normalize)
+                cam = mhex_cam(outputs, self.cam_normalize, self.cam_classes)
         elif self.cam == "gradcam":
             cam, logits = self._gradcam.explain(x)
         if outputs is not None:

@@ -143,18 +143,17 @@ class VolumePredictor:
         want_cam, want_unc = "cam" in self.outputs, "uncertainty" in self.outputs
         if not (want_cam or want_unc):
             return DictOutputs(self.network, {"logits": slice(0, self.num_classes)}), False
-        # Raw CAMs (no per-window scaling): they are scaled once per volume after stitching.
-        kwargs: dict = {"cam": want_cam, "cam_normalize": "none"}
+        # Raw CAMs (no per-window scaling): they are scaled once per volume after stitching. The background CAM is
+        # never written: it is not computed.
+        foreground = range(1, self.num_classes) if self.num_classes > 1 else None
+        kwargs: dict = {"cam": want_cam, "cam_normalize": "none", "cam_classes": foreground}
         if not want_unc:
             kwargs["uncertainty"] = None
         try:
             predictor = ExplainedPredictor(self.network, **kwargs)
         except ValueError as e:
             raise ValueError(f"{e} (ask for fewer outputs with --outputs seg)") from None
-        slices = dict(predictor.channel_slices)
-        if "cam" in slices:  # the background CAM is never written: do not stitch it
-            slices["cam"] = slice(slices["cam"].start + 1, slices["cam"].stop)
-        return DictOutputs(predictor, slices), True
+        return DictOutputs(predictor, dict(predictor.channel_slices)), True
 
     def _windows(self, shape: Sequence[int]) -> int:
         roi = getattr(self.inferer, "roi_size", None)

@@ -108,3 +108,14 @@ def test_errors():
         out = tiny_eunet(2).forward_explained(torch.rand(1, 1, 8, 8))
     with pytest.raises(ValueError, match="normalize"):
         mhex_cam(out, normalize="softmax")
+
+
+@pytest.mark.parametrize("normalize", ["none", "minmax"])
+def test_class_subset_equals_the_same_channels_of_the_full_cam(normalize):
+    net = tiny_eunet(3, classes=3)
+    with torch.no_grad():
+        out = net.forward_explained(torch.rand(2, 1, *SHAPES[3]))
+        full, fg = mhex_cam(out, normalize), mhex_cam(out, normalize, classes=[1, 2])
+        swapped = mhex_cam(out, normalize, classes=[2, 0])
+    torch.testing.assert_close(fg, full[:, 1:])
+    torch.testing.assert_close(swapped, full[:, [2, 0]])

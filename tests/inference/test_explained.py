@@ -132,3 +132,15 @@ def test_entropy_of_a_single_sigmoid_channel():
         p = torch.sigmoid(net(x))
     h = -(p * p.log() + (1 - p) * (1 - p).log()) / torch.log(torch.tensor(2.0))
     torch.testing.assert_close(y[:, 2:], h, rtol=1e-4, atol=1e-5)
+
+
+def test_cam_classes_select_and_order_the_cam_channels():
+    torch.manual_seed(0)
+    net = EUNet(3, 1, 3, channels=(4, 8, 16)).eval()
+    x = torch.rand(1, 1, 12, 16, 8)
+    full = ExplainedPredictor(net, cam_normalize="none", uncertainty=None)
+    fg = ExplainedPredictor(net, cam_normalize="none", uncertainty=None, cam_classes=range(1, 3))
+    assert fg.channel_slices == {"logits": slice(0, 3), "cam": slice(3, 5)}
+    torch.testing.assert_close(fg(x)[:, 3:5], full(x)[:, 4:6])
+    with pytest.raises(ValueError, match="cam_classes must be class indices"):
+        ExplainedPredictor(net, cam_classes=[3])
