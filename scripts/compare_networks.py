@@ -158,7 +158,15 @@ def cmd_models(args: argparse.Namespace) -> None:
     path = REPO / "bundles" / "_shared" / "hippocampus_models.json"
     if not path.is_file():
         sys.exit(f"error: {path} not found; ship a model first (subcommand ship).")
-    print(format_models_table(json.loads(path.read_text())))
+    models = json.loads(path.read_text())
+    if not args.commands:
+        print(format_models_table(models))
+        return
+    for bundle, entry in models.items():
+        calls = entry.get("commands", [entry["command"]])
+        state = "shipped" if entry.get("shipped", True) else "withdrawn"
+        print(f"# {bundle} ({state}): {len(calls)} call(s) of one resumable run")
+        print("\n".join(calls))
 
 
 def cmd_withdraw(args: argparse.Namespace) -> None:
@@ -215,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finish-at-budget", action="store_true", help="--max-minutes ends the run (ships its best)")
     p.set_defaults(func=cmd_ship)
     p = sub.add_parser("models", help="table of the shipped hippocampus models")
+    p.add_argument("--commands", action="store_true", help="print the command lines that trained them instead")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("withdraw", help="stop shipping a bundle's weights (keeps its measured entry)")
     p.add_argument("bundle")
