@@ -88,8 +88,10 @@ def test_ckpt_export_torchscript_matches_eager(bundle, tmp_path):
         got = exported(x)
     assert got.shape == (1, net.out_channels, *x.shape[2:])
     # 1e-3: the traced graph may take another scaled-dot-product-attention kernel than eager mode (float32 rounding
-    # differs in a few of EFEN's voxels, up to ~5e-4); a wrong export differs by orders of magnitude more.
-    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    # differs in a few of EFEN's voxels, up to ~5e-4 of the logits' range, larger since the heads start as the
+    # identity); a wrong export differs by orders of magnitude more.
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3 * scale)
 
 
 def test_mhex_false_gives_the_plain_baseline():
