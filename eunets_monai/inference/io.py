@@ -559,16 +559,15 @@ def check_volume(
 # ------------------------------------------------------------------------------------------------------- writing
 def output_paths(output_dir: str | os.PathLike, name: str, outputs: Sequence[str]) -> dict[str, Path]:
     """``{"seg": out/<name>_seg.nii.gz, ...}``; raises ``ValueError`` if a path would leave ``output_dir``."""
-    root = Path(output_dir).resolve()
-    paths = {key: root / f"{name}_{key}.nii.gz" for key in outputs}
-    for p in paths.values():
-        if p.parent != root or p.name.startswith("."):
-            raise ValueError(f"unsafe case name {name!r}: its outputs would not be plain files in {root}.")
-    return paths
+    paths = extra_paths(output_dir, name, [f"_{key}.nii.gz" for key in outputs])
+    return dict(zip(outputs, paths.values()))
 
 
 def extra_paths(output_dir: str | os.PathLike, name: str, suffixes: Sequence[str]) -> dict[str, Path]:
-    """``{suffix: out/<name><suffix>}`` for a case's files beyond the NIfTI maps (e.g. ``"_seg.dcm"``)."""
+    """
+    ``{suffix: out/<name><suffix>}`` for a case's files (e.g. ``"_seg.dcm"``); raises ``ValueError`` if a path would
+    leave ``output_dir``.
+    """
     root = Path(output_dir).resolve()
     paths = {suffix: root / f"{name}{suffix}" for suffix in suffixes}
     for p in paths.values():
