@@ -52,6 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=_ints, default=None, help="training patch / inference ROI")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     p.add_argument("--early-stop", type=int, default=None, help="validations without gain before stopping")
+    p.add_argument(
+        "--anneal-steps", type=int, default=None, help="last N steps: cosine learning rate down to 0 (default 0: off)"
+    )
     p.add_argument("--loss", default=None, help="dicece | dice | ce | bcedice | focal")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
@@ -77,6 +80,7 @@ def _config(args: argparse.Namespace, base):
         patch_size=args.patch_size,
         learning_rate=args.lr,
         early_stop=args.early_stop,
+        anneal_steps=args.anneal_steps,
         loss=args.loss,
         seed=args.seed,
         head_init=args.head_init,

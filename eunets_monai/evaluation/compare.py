@@ -4,9 +4,9 @@ Dice per class on each validation fold, and tabulate the results in the form of 
 
 The recipe (the paper's where it fits a fixed budget): Adam, MONAI ``DiceCELoss`` (softmax, one-hot) with deep
 supervision over the MHEX+ heads for EU-Nets (``get_loss("dicece")``; plain networks have only the final output),
-``ReduceLROnPlateau`` on the validation mean Dice, early stopping after ``early_stop`` validations without
-improvement, the best-validation weights kept. Budgets are counted in iterations (``max_iters``), so CPU and GPU
-runs of one :py:class:`StudyConfig` do the same work.
+``ReduceLROnPlateau`` on the validation mean Dice (optionally a final cosine phase down to 0), early stopping after
+``early_stop`` validations without improvement, the best-validation weights kept. Budgets are counted in iterations
+(``max_iters``), so CPU and GPU runs of one :py:class:`StudyConfig` do the same work.
 
 Every (network, fold) run writes ``<out>/raw/<run>.json`` (per-case Dice, history, wall time) atomically when it
 finishes and keeps ``<out>/state/<run>.pt`` (weights, optimiser, scheduler, iteration) at every validation, so an
@@ -22,6 +22,7 @@ Examples::
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -95,6 +96,9 @@ class StudyConfig:
         patch_size: training patch / inference ROI, default the task preset's.
         learning_rate: Adam's initial rate; lr_patience, lr_factor: ``ReduceLROnPlateau`` on validation Dice.
         early_stop: validations without improvement before stopping (0: never).
+        anneal_steps: the last ``anneal_steps`` of ``max_iters`` follow a cosine from the learning rate reached so
+            far down to 0, in place of the plateau schedule (0: plateau schedule only). It is a final phase: a
+            resumed run can be given one after its plateau phase.
         loss: ``eunets_monai.engine.losses.get_loss`` name; deep_supervision: for EU-Nets (the paper's recipe).
         head_init: how the MHEX+ heads' Conv1 starts (``eunets_monai.networks.HEAD_INITS``): "identity" (this
             package's default) or "default" (PyTorch's, as in the runs before the head-initialisation study).
@@ -119,6 +123,7 @@ class StudyConfig:
     lr_patience: int = 3
     lr_factor: float = 0.5
     early_stop: int = 6
+    anneal_steps: int = 0
     loss: str = "dicece"
     deep_supervision: bool = True
     head_init: str = "identity"
@@ -155,6 +160,8 @@ class StudyConfig:
         d = asdict(self)
         for key in ("networks", "variants", "folds", "device", "amp"):
             d.pop(key)
+        if not self.anneal_steps:  # results written before the option existed stay comparable
+            d.pop("anneal_steps")
         return d
 
 
@@ -279,6 +286,14 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
+def _anneal(opt: torch.optim.Optimizer, st: dict, cfg: StudyConfig) -> None:
+    """Set the learning rate of step ``st["step"]`` of the cosine phase (the rate at its start is kept in ``st``)."""
+    lr0 = st.setdefault("anneal_lr0", opt.param_groups[0]["lr"])
+    k = st["step"] - (cfg.max_iters - cfg.anneal_steps)
+    for group in opt.param_groups:
+        group["lr"] = 0.5 * lr0 * (1.0 + math.cos(math.pi * k / cfg.anneal_steps))
+
+
 def train_run(
     spec: RunSpec,
     cfg: StudyConfig,
@@ -363,6 +378,8 @@ def train_run(
             if finished:
                 log(f"{spec.name(cfg.spatial_dims)}: time budget reached at step {st['step']}, finishing")
             break
+        if st["step"] >= cfg.max_iters - cfg.anneal_steps:
+            _anneal(opt, st, cfg)
         net.train()
         batch = next(batches)
         x, y = batch["image"].to(device), batch["label"].to(device)
@@ -377,7 +394,8 @@ def train_run(
         if st["step"] % cfg.val_interval == 0 or st["step"] == cfg.max_iters or out_of_time():
             per_case = evaluate(net, val_ds, cfg)
             dice = _mean_dice(per_case)
-            sched.step(dice)
+            if "anneal_lr0" not in st:
+                sched.step(dice)
             lr = opt.param_groups[0]["lr"]
             st["history"].append({"step": st["step"], "val_mean_dice": dice, "lr": lr, "loss": float(loss.detach())})
             if dice > st["best"]:

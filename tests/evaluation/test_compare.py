@@ -157,6 +157,19 @@ def test_train_run_resumes_from_saved_state(tmp_path):
     assert "resumed at step 2" in logs[0] and second["steps"] == 3 and len(second["history"]) == 3
 
 
+def test_anneal_phase_follows_a_cosine_to_zero_after_a_resume(tmp_path):
+    # Plateau phase for 2 steps, then a resumed call adds 4 steps whose last 4 follow lr0 * (1 + cos(pi k / 4)) / 2.
+    data = msd_datalist(HIPPOCAMPUS)[:3]
+    state = tmp_path / "state.pt"
+    train_run(RunSpec("unet", True, 0), StudyConfig(**TINY), data[:2], data[2:], state, log=lambda m: None)
+    cfg = StudyConfig(**{**TINY, "max_iters": 6, "anneal_steps": 4, "learning_rate": 1e-3})
+    res = train_run(RunSpec("unet", True, 0), cfg, data[:2], data[2:], state, log=lambda m: None)
+    lr0 = res["history"][1]["lr"]  # the rate the plateau phase reached (recorded after step 2)
+    direct = [0.5 * lr0 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+    assert [h["lr"] for h in res["history"][2:]] == pytest.approx(direct)
+    assert "anneal_steps" in cfg.recipe() and "anneal_steps" not in StudyConfig().recipe()
+
+
 def test_run_study_writes_raw_json_and_skips_finished_runs(tmp_path):
     cfg = StudyConfig(**{**TINY, "max_iters": 1, "folds": (0,)})
     logs = []
