@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from eunets_monai.bundles import bundle_variants
 from tests.fixtures import HIPPOCAMPUS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -14,11 +15,9 @@ BUNDLES = REPO / "bundles"
 SCHEMA = BUNDLES / "_shared" / "meta_schema_20240725.json"
 SAMPLE = HIPPOCAMPUS
 
-sys.path.insert(0, str(REPO / "scripts"))
-import generate_bundles  # noqa: E402
-
-BUNDLE_NAMES = [v.name for v in generate_bundles.VARIANTS]
-NETWORK_TARGETS = {v.name: v.target for v in generate_bundles.VARIANTS}
+ALL_VARIANTS = bundle_variants(BUNDLES)
+BUNDLE_NAMES = [v.name for v in ALL_VARIANTS]
+NETWORK_TARGETS = {v.name: v.target for v in ALL_VARIANTS}
 
 # Tiny but real: 3 levels (2 MHEX+ heads, so the uncertainty map exists), widths divisible by the transformer's
 # 8 attention heads, 16^3 patches, one patch per volume.
@@ -60,5 +59,5 @@ def train_losses(log: str) -> list[float]:
 
 def tiny_patch(bundle: str) -> str:
     """A 16-voxel patch in the bundle's own dimensionality (its configs fix 2D or 3D)."""
-    dims = next(v.spatial_dims for v in generate_bundles.VARIANTS if v.name == bundle)
+    dims = next(v.spatial_dims for v in ALL_VARIANTS if v.name == bundle)
     return str([16] * dims)

@@ -38,6 +38,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from eunets_monai.bundles import bundle_variants  # noqa: E402
 from tests.bundles.contract import (  # noqa: E402
     check_all,
     ct_crop,
@@ -48,8 +49,7 @@ from tests.bundles.contract import (  # noqa: E402
 )
 from tests.fixtures import CT_SAMPLE, HIPPOCAMPUS  # noqa: E402
 
-sys.path.insert(0, str(REPO / "scripts"))
-from generate_bundles import VARIANTS  # noqa: E402
+VARIANTS = bundle_variants(REPO / "bundles")
 
 TASKS = {v.name: v.task for v in VARIANTS}
 

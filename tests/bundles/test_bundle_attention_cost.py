@@ -13,9 +13,9 @@ import pytest
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from eunets_monai.networks.blocks import attention
-from tests.bundles.helpers import configs, generate_bundles
+from tests.bundles.helpers import ALL_VARIANTS, configs
 
-VARIANTS = {v.name: v for v in generate_bundles.VARIANTS}
+VARIANTS = {v.name: v for v in ALL_VARIANTS}
 ATTENTION_BUNDLES = [n for n, v in VARIANTS.items() if "attention" in v.arch.network_kwargs and v.spatial_dims == 3]
 # Five levels as in the bundles, narrow widths (8 heads of width 1) so the 96^3 convs stay cheap on 2 CPU cores.
 NARROW = {"network_def#channels": [8, 8, 8, 8, 8]}

@@ -13,12 +13,12 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from eunets_monai.data import presets
-from tests.bundles.helpers import BUNDLE_NAMES, SCHEMA, cli, configs, generate_bundles
+from tests.bundles.helpers import ALL_VARIANTS, BUNDLE_NAMES, SCHEMA, cli, configs
 
 # Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 (32^2 for a 2D network)
 # instead of the patch of metadata.json (2 CPU cores).
 NET = {"network_def#channels": [8, 16, 32, 64]}
-VARIANTS = {v.name: v for v in generate_bundles.VARIANTS}
+VARIANTS = {v.name: v for v in ALL_VARIANTS}
 
 
 def net_io(bundle: str) -> dict:

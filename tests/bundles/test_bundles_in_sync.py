@@ -1,14 +1,25 @@
-"""The bundles are generated from one template (scripts/generate_bundles.py): committed files must match it."""
+"""The bundles are generated from one template (eunets_monai.bundles): committed files must match it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
-from tests.bundles.helpers import BUNDLES, REPO, generate_bundles
+from eunets_monai.bundles import make_variants, render_all
+from eunets_monai.bundles.configs import inference_config
+from eunets_monai.bundles.docs import metadata, readme
+from tests.bundles.helpers import ALL_VARIANTS, BUNDLES, REPO
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("generate_bundles", REPO / "scripts" / "generate_bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_committed_bundles_match_the_generator():
-    files = generate_bundles.render_all()
+    files = render_all(BUNDLES)
     stale = [str(p.relative_to(REPO)) for p, text in files.items() if not p.is_file() or p.read_text() != text]
     assert not stale, f"bundles out of sync with scripts/generate_bundles.py (run it): {stale}"
 
@@ -22,7 +33,7 @@ def test_every_bundle_has_the_required_files():
         "metadata.json",
         "logging.conf",
     ]
-    for variant in generate_bundles.VARIANTS:
+    for variant in ALL_VARIANTS:
         root = BUNDLES / variant.name
         for name in required:
             assert (root / "configs" / name).is_file(), root / "configs" / name
@@ -34,7 +45,7 @@ def test_every_bundle_has_the_required_files():
 
 def test_bundles_of_one_setting_differ_only_in_their_network_and_texts():
     groups: dict = {}
-    for v in generate_bundles.VARIANTS:
+    for v in ALL_VARIANTS:
         cfg = json.loads((BUNDLES / v.name / "configs" / "train.json").read_text())
         cfg["network_def"].pop("_target_")
         for key in v.arch.network_kwargs:  # network-specific arguments (e.g. attention), also overridable at top level
@@ -45,10 +56,9 @@ def test_bundles_of_one_setting_differ_only_in_their_network_and_texts():
         assert all(cfg == cfgs[0] for cfg in cfgs[1:])
 
 
-def test_dice_in_docs_comes_only_from_the_models_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_bundles, "MODELS_FILE", tmp_path / "missing.json")
-    v = {x.name: x for x in generate_bundles.make_variants()}["eunet_hippocampus"]
-    assert "Not yet measured" in generate_bundles.readme(v) and generate_bundles.metadata(v)["eval_metrics"] == {}
+def test_dice_in_docs_comes_only_from_the_models_file():
+    v = {x.name: x for x in make_variants({})}["eunet_hippocampus"]
+    assert "Not yet measured" in readme(v) and metadata(v)["eval_metrics"] == {}
     models = {
         "eunet_hippocampus": {
             "spatial_dims": 3,
@@ -57,23 +67,34 @@ def test_dice_in_docs_comes_only_from_the_models_file(tmp_path, monkeypatch):
             "val_dice": {"mean": 0.5, "anterior": 0.25, "posterior": 0.75},
         }
     }
-    v = {x.name: x for x in generate_bundles.make_variants(models)}["eunet_hippocampus"]
-    assert generate_bundles.metadata(v)["eval_metrics"] == {
+    v = {x.name: x for x in make_variants(models)}["eunet_hippocampus"]
+    assert metadata(v)["eval_metrics"] == {
         "val_dice_mean": 0.5,
         "val_dice_anterior": 0.25,
         "val_dice_posterior": 0.75,
     }
-    assert "| anterior | 0.250 |" in generate_bundles.readme(v)
-    assert generate_bundles.inference_config(v)["inferer"]["_target_"] == "SlidingWindowInferer"
+    assert "| anterior | 0.250 |" in readme(v)
+    assert inference_config(v)["inferer"]["_target_"] == "SlidingWindowInferer"
+
+
+def test_docs_list_every_call_of_a_resumed_training_run():
+    calls = ["python scripts/compare_networks.py ship eunet_hippocampus --max-iters 10", "... --max-iters 20"]
+    models = {"eunet_hippocampus": {"spatial_dims": 3, "channels": [8, 16], "patch_size": [32, 32, 32]}}
+    models["eunet_hippocampus"] |= {"val_dice": {"mean": 0.5}, "command": calls[-1], "commands": calls}
+    text = readme({x.name: x for x in make_variants(models)}["eunet_hippocampus"])
+    assert "\n".join(calls) in text
 
 
 def test_check_mode_reports_a_drifted_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate_bundles, "BUNDLES", tmp_path)
-    assert generate_bundles.main([]) == 0  # writes a fresh copy into tmp_path
-    assert generate_bundles.main(["--check"]) == 0
+    script = _script()
+    (tmp_path / "_shared").mkdir()
+    (tmp_path / "_shared" / "APACHE-2.0.txt").write_text((BUNDLES / "_shared" / "APACHE-2.0.txt").read_text())
+    monkeypatch.setattr(script, "BUNDLES", tmp_path)
+    assert script.main([]) == 0  # writes a fresh copy into tmp_path
+    assert script.main(["--check"]) == 0
     train = tmp_path / "eunet_spleen" / "configs" / "train.json"
     train.write_text(train.read_text().replace('"max_epochs": 50', '"max_epochs": 51'))
-    assert generate_bundles.main(["--check"]) == 1
+    assert script.main(["--check"]) == 1
 
 
 def test_shipped_weights_are_not_ignored_by_git():

@@ -24,10 +24,10 @@ from tests.bundles.contract import (
     labels_of,
     parse_like_monailabel,
 )
-from tests.bundles.helpers import BUNDLES, configs, generate_bundles
+from tests.bundles.helpers import ALL_VARIANTS, BUNDLES, configs
 from tests.fixtures import CT_SAMPLE, HIPPOCAMPUS
 
-VARIANTS = {v.name: v for v in generate_bundles.VARIANTS}
+VARIANTS = {v.name: v for v in ALL_VARIANTS}
 HIPPO_IMAGE = HIPPOCAMPUS / "imagesTs" / "hippocampus_025.nii.gz"
 HIPPO_LABEL = HIPPOCAMPUS / "labelsTs" / "hippocampus_025.nii.gz"
 
