@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 from eunets_monai.bundles import make_variants, render_all
 from eunets_monai.bundles.configs import inference_config
 from eunets_monai.bundles.docs import metadata, readme
 from tests.bundles.helpers import ALL_VARIANTS, BUNDLES, REPO
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("generate_bundles", REPO / "scripts" / "generate_bundles.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_committed_bundles_match_the_generator():
@@ -86,7 +79,7 @@ def test_docs_list_every_call_of_a_resumed_training_run():
 
 
 def test_check_mode_reports_a_drifted_file(tmp_path, monkeypatch):
-    script = _script()
+    script = load_script("generate_bundles")
     (tmp_path / "_shared").mkdir()
     (tmp_path / "_shared" / "APACHE-2.0.txt").write_text((BUNDLES / "_shared" / "APACHE-2.0.txt").read_text())
     monkeypatch.setattr(script, "BUNDLES", tmp_path)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_networks.py"
-spec = importlib.util.spec_from_file_location("compare_networks", SCRIPT)
-compare_networks = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_networks)
+from tests.scripts import load_script
+
+compare_networks = load_script("compare_networks")
 
 
 def _raw(tmp_path: Path, name: str, mhex: bool, dice: dict) -> None:

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from eunets_monai.evaluation import uncertainty_study as study
 from tests.fixtures import HIPPOCAMPUS
+from tests.scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("uncertainty_study_cli", REPO / "scripts" / "uncertainty_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = load_script("uncertainty_study")
 
 
 @pytest.mark.slow
