@@ -157,6 +157,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     import json
 
+    from eunets_monai.bundles.variants import training_calls
     from eunets_monai.evaluation.shipping import format_models_table
 
     path = REPO / "bundles" / "_shared" / "hippocampus_models.json"
@@ -167,7 +168,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(format_models_table(models))
         return
     for bundle, entry in models.items():
-        calls = entry.get("commands", [entry["command"]])
+        calls = training_calls(entry)
         state = "shipped" if entry.get("shipped", True) else "withdrawn"
         print(f"# {bundle} ({state}): {len(calls)} call(s) of one resumable run")
         print("\n".join(calls))

@@ -14,6 +14,7 @@ from eunets_monai.bundles.variants import (
     SUPPORTED_APPS,
     VERSIONS,
     Variant,
+    training_calls,
 )
 from eunets_monai.data import presets
 
@@ -206,9 +207,8 @@ def _measured(v: Variant) -> str:
     if "split" in m:
         lines.append(f"- split: {m['split']}")
     lines.append("- full record and the study: `bundles/_shared/hippocampus_models.json`, `docs/RESULTS.md`")
-    calls = m.get("commands") or ([m["command"]] if "command" in m else [])
+    calls = training_calls(m)
     if calls:
-        # a resumed run was made by every call since its start, in this order
         lines += ["", "Produced by:" if len(calls) == 1 else f"Produced by {len(calls)} calls of one resumable run:"]
         lines += ["", "```bash", *calls, "```"]
     return "\n".join(lines) + "\n"

@@ -123,6 +123,14 @@ def load_models(bundles_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def training_calls(entry: dict) -> list[str]:
+    """
+    The command lines that trained a ``hippocampus_models.json`` entry, in order: a resumed run was made by every
+    call since its start (entries written before ``"commands"`` existed have one ``"command"``).
+    """
+    return entry.get("commands") or ([entry["command"]] if "command" in entry else [])
+
+
 def make_variants(models: dict) -> tuple[Variant, ...]:
     """
     Every bundle: the spleen configurations to train on Task09, and the hippocampus models (shipped weights).

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eunets_monai.bundles.variants import training_calls
 from eunets_monai.data.datalists import HIPPOCAMPUS_SAMPLE, msd_datalist
 from eunets_monai.data.presets import get_task
 from eunets_monai.evaluation.compare import (
@@ -151,8 +152,7 @@ def train_bundle_model(
     # A resumed run was made by every call since its start: keep the earlier calls' command lines.
     earlier = []
     if state_file.is_file() and path.is_file():
-        old = json.loads(path.read_text()).get(bundle, {})
-        earlier = old.get("commands", [old["command"]] if "command" in old else [])
+        earlier = training_calls(json.loads(path.read_text()).get(bundle, {}))
     res = train_run(spec, cfg, train, val, state_file, log, max_seconds, on_timeout, progress)
     if not res["finished"]:
         return None
