@@ -288,10 +288,11 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
 
 def _anneal(opt: torch.optim.Optimizer, st: dict, cfg: StudyConfig) -> None:
     """Set the learning rate of step ``st["step"]`` of the cosine phase (the rate at its start is kept in ``st``)."""
-    lr0 = st.setdefault("anneal_lr0", opt.param_groups[0]["lr"])
     k = st["step"] - (cfg.max_iters - cfg.anneal_steps)
+    if k == 0 or "anneal_lr0" not in st:  # a phase starts from the rate reached so far
+        st["anneal_lr0"] = opt.param_groups[0]["lr"]
     for group in opt.param_groups:
-        group["lr"] = 0.5 * lr0 * (1.0 + math.cos(math.pi * k / cfg.anneal_steps))
+        group["lr"] = 0.5 * st["anneal_lr0"] * (1.0 + math.cos(math.pi * k / cfg.anneal_steps))
 
 
 def train_run(
@@ -378,7 +379,8 @@ def train_run(
             if finished:
                 log(f"{spec.name(cfg.spatial_dims)}: time budget reached at step {st['step']}, finishing")
             break
-        if st["step"] >= cfg.max_iters - cfg.anneal_steps:
+        annealing = st["step"] >= cfg.max_iters - cfg.anneal_steps
+        if annealing:
             _anneal(opt, st, cfg)
         net.train()
         batch = next(batches)
@@ -394,7 +396,7 @@ def train_run(
         if st["step"] % cfg.val_interval == 0 or st["step"] == cfg.max_iters or out_of_time():
             per_case = evaluate(net, val_ds, cfg)
             dice = _mean_dice(per_case)
-            if "anneal_lr0" not in st:
+            if not annealing:
                 sched.step(dice)
             lr = opt.param_groups[0]["lr"]
             st["history"].append({"step": st["step"], "val_mean_dice": dice, "lr": lr, "loss": float(loss.detach())})
