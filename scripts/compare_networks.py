@@ -30,6 +30,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from eunets_monai.engine.precision import PRECISIONS
 from eunets_monai.networks.blocks.mhex import HEAD_INITS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--head-init", choices=HEAD_INITS, default=None, help="MHEX+ Conv1 initialisation (default identity)"
     )
+    p.add_argument("--ds-weights", choices=("exp", "two", "same"), default=None, help="deep-supervision weights")
+    p.add_argument("--ds-warmup", type=int, default=None, help="steps over which the heads' loss weights ramp 0 -> 1")
+    p.add_argument(
+        "--no-deep-supervision",
+        dest="deep_supervision",
+        action="store_false",
+        default=None,
+        help="EU-Nets: train on the final output only (heads kept, no loss on them)",
+    )
+    p.add_argument("--head-lr", type=float, default=None, help="MHEX+ heads' learning rate, x --lr (default 1)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="autocast precision: fp32 (default), bf16, fp16 (GPU), auto (bf16 on a CPU with bf16 units, fp16 on GPU)",
+    )
     p.add_argument("--device", default=None, help="cpu | cuda")
     p.add_argument("--max-minutes", type=float, default=None, help="stop and save state after this long")
 
@@ -84,8 +101,12 @@ def _config(args: argparse.Namespace, base):
         loss=args.loss,
         seed=args.seed,
         head_init=args.head_init,
+        ds_weight_mode=args.ds_weights,
+        ds_warmup=args.ds_warmup,
+        deep_supervision=args.deep_supervision,
+        head_lr=args.head_lr,
+        precision=args.precision,
         device=args.device,
-        amp=(args.device or "").startswith("cuda") or None,
     )
 
 
@@ -105,6 +126,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     base = StudyConfig.full() if args.full else StudyConfig()
     if args.networks:
         base = StudyConfig(**{**base.__dict__, "networks": tuple(args.networks)})
+    if args.variants:
+        base = StudyConfig(**{**base.__dict__, "variants": tuple(args.variants)})
     cfg = _config(args, base)
     seconds = None if args.max_minutes is None else 60 * args.max_minutes
     run_study(
@@ -212,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     _common(p)
     p.add_argument("--out", required=True, help="results folder (raw/, state/)")
     p.add_argument("--networks", nargs="*", default=None, help="architectures (default: unet; --full: all five)")
+    p.add_argument("--variants", nargs="*", choices=("plain", "eu"), default=None, help="default: both")
     p.add_argument("--full", action="store_true", help="paper-like GPU setting")
     p.add_argument("--keep-weights", action="store_true", help="also write each run's best weights")
     p.set_defaults(func=cmd_study)

@@ -20,6 +20,10 @@ IMPORTS = [
     "$import ignite",
     "$import eunets_monai.data.datalists as datalists",
 ]
+TRAIN_IMPORTS = ["$from eunets_monai.engine.optim import param_groups"]
+
+# The heads' learning rate relative to the rest of the network (docs/RESULTS.md, "The slow start").
+HEAD_LR = 0.1
 
 # Only evaluated when the datalist is built from dataset_dir: MONAI Label (or --train#dataset#data) supplies the
 # data itself and never reaches it. Stops at once with one line (SystemExit is not wrapped by MONAI's parser).
@@ -144,6 +148,11 @@ def inferer(v: Variant) -> dict:
     return _t("SliceInferer", spatial_dim=SLICE_AXIS, **args)
 
 
+def autocast_inferer(inner: dict) -> dict:
+    """``inner`` run under ``@precision`` (MONAI's engines autocast on CUDA only; this covers bfloat16 CPUs)."""
+    return _t("eunets_monai.engine.precision.AutocastInferer", inferer=inner, precision="@precision")
+
+
 def infer_postprocessing() -> dict:
     """Logits -> class map on the input image's grid: what MONAI Label's BundleInferTask serves."""
     return _t(
@@ -212,6 +221,7 @@ def train_config(v: Variant) -> dict:
     """configs/train.json: SupervisedTrainer + SupervisedEvaluator, runs on its own."""
     p = presets.get_task(v.task)
     cfg = common_params(v)
+    cfg["imports"] = [*cfg["imports"], *TRAIN_IMPORTS]
     cfg.update(
         {
             "seed": 0,
@@ -228,9 +238,16 @@ def train_config(v: Variant) -> dict:
             "early_stop_patience": 10,
             "loss_name": "dicece",
             "deep_supervision_weights": "exp",
+            # The MHEX+ heads' learning rate as a multiple of learning_rate (eunets_monai.engine.optim: at the full
+            # rate Adam turns each head's identity-started Conv1 into a random projection within a few hundred steps).
+            "head_lr": HEAD_LR,
             # Explicit: a new run starts afresh unless --resume true (then from the last checkpoint_epoch=N.pt).
             "resume": False,
-            "amp": "$torch.cuda.is_available()",
+            # auto: bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 on CUDA, float32 elsewhere;
+            # fp32 | bf16 | fp16 force one (eunets_monai.engine.precision). Weights and losses stay float32.
+            "precision": "auto",
+            # MONAI's own CUDA mixed precision (autocast + GradScaler) in the engines.
+            "amp": "$torch.cuda.is_available() and @precision != 'fp32'",
             "checked_dataset_dir": CHECKED_DATASET_DIR_EXPR,
             "datalist": "$datalists.msd_datalist(@checked_dataset_dir)",
             "split": "$datalists.kfold_split(@datalist, n_folds=@n_folds, fold=@fold, seed=@seed)",
@@ -241,7 +258,11 @@ def train_config(v: Variant) -> dict:
                 "deep_supervision": True,
                 "weight_mode": "@deep_supervision_weights",
             },
-            "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
+            "optimizer": {
+                "_target_": "torch.optim.Adam",
+                "params": "$param_groups(@network_def, @learning_rate, @head_lr)",
+                "lr": "@learning_rate",
+            },
             "lr_scheduler": {
                 "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
                 "optimizer": "@optimizer",
@@ -266,7 +287,7 @@ def train_config(v: Variant) -> dict:
                     "shuffle": True,
                     "num_workers": "@num_workers",
                 },
-                "inferer": {"_target_": "SimpleInferer"},
+                "inferer": autocast_inferer({"_target_": "SimpleInferer"}),
                 "postprocessing": eval_postprocessing(p.out_channels),
                 "handlers": [
                     {
@@ -351,7 +372,7 @@ def train_config(v: Variant) -> dict:
                     "shuffle": False,
                     "num_workers": "@num_workers",
                 },
-                "inferer": inferer(v),
+                "inferer": autocast_inferer(inferer(v)),
                 "postprocessing": eval_postprocessing(p.out_channels),
                 "handlers": [
                     {
@@ -497,6 +518,8 @@ def inference_config(v: Variant) -> dict:
             "ckpt_path": "$@ckpt_dir + '/model.pt'",
             "cam": True,
             "uncertainty": DEFAULT_UNCERTAINTY,
+            # auto: bfloat16 on CPUs with bf16 units, float16 on CUDA, float32 elsewhere; fp32 | bf16 | fp16 force one.
+            "precision": "auto",
             "preprocessing": preprocessing(v, "infer"),
             "inferer": inferer(v),
             # What MONAI Label's BundleInferTask applies after the inferer: a uint8 class map on the input's grid.
@@ -512,6 +535,7 @@ def inference_config(v: Variant) -> dict:
                 "cam": "@cam",
                 "uncertainty": "@uncertainty",
                 "device": "@device",
+                "precision": "@precision",
                 "exit_on_error": True,
             },
             "initialize": ["$monai.utils.set_determinism(seed=0)"],

@@ -10,6 +10,10 @@ Deep-supervision weights (MONAI ``DeepSupervisionLoss``), listed from the final 
 - ``"exp"`` (default): 1, 0.5, 0.25, 0.125, 0.0625, 0.0625, ... (halved per level, floored at 1/16);
 - ``"two"``: 1, 0.5, 0.5, ...; ``"same"``: 1, 1, 1, ...; or explicit ``weights=[...]``.
 
+Every head's weight is further multiplied by ``head_scale`` (1 by default), which a schedule may change during
+training: :py:func:`ds_warmup_scale` ramps it from 0 to 1 (the heads join the loss gradually), set per step by the
+bundles' ``DeepSupervisionScheduleHandler`` and by the study loop alike.
+
 For a 5-level EU-Net (4 MHEX+ heads) "exp" gives ``1 * L(final) + 0.5 * L(head at the shallowest decoder stage)
 + 0.25 * L(next) + 0.125 * L(next) + 0.0625 * L(deepest head)``; every head's prediction is already on the output
 grid, so the same full-resolution label is used for all terms.
@@ -28,7 +32,7 @@ from torch.nn.modules.loss import _Loss
 
 from eunets_monai.engine.outputs import final_output
 
-__all__ = ["LOSSES", "CrossEntropyLoss", "BCEDiceLoss", "EUDeepSupervisionLoss", "get_loss"]
+__all__ = ["LOSSES", "CrossEntropyLoss", "BCEDiceLoss", "EUDeepSupervisionLoss", "get_loss", "ds_warmup_scale"]
 
 
 def _check_target(input: torch.Tensor, target: torch.Tensor) -> None:
@@ -112,6 +116,7 @@ class EUDeepSupervisionLoss(DeepSupervisionLoss):
         weight_mode: "exp" | "two" | "same" (see the module docstring).
         weights: explicit per-level weights, final output first (overrides ``weight_mode``).
         deep_supervision: False trains on the final output alone.
+        head_scale: factor on every head's weight (not the final output's); schedules set it per step.
     """
 
     def __init__(
@@ -120,11 +125,17 @@ class EUDeepSupervisionLoss(DeepSupervisionLoss):
         weight_mode: str = "exp",
         weights: Sequence[float] | None = None,
         deep_supervision: bool = True,
+        head_scale: float = 1.0,
     ) -> None:
         if weight_mode not in ("exp", "two", "same"):
             raise ValueError(f"weight_mode must be 'exp', 'two' or 'same', got {weight_mode!r}.")
         super().__init__(loss, weight_mode=weight_mode, weights=None if weights is None else list(weights))
         self.deep_supervision = deep_supervision
+        self.head_scale = head_scale
+
+    def get_weights(self, levels: int = 1) -> list[float]:
+        weights = super().get_weights(levels)
+        return [w if i == 0 else w * self.head_scale for i, w in enumerate(weights)]
 
     def get_loss(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if input.shape[2:] != target.shape[2:]:
@@ -155,6 +166,23 @@ def _base_loss(name: str, **kwargs) -> nn.Module:
     if name == "bcedice":
         return BCEDiceLoss(**kwargs)
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}.")
+
+
+def ds_warmup_scale(iteration: int, warmup_iters: int) -> float:
+    """
+    The heads' loss-weight factor at ``iteration`` (1-based, as ignite counts) of a linear deep-supervision warm-up:
+    ``min(1, (iteration - 1) / warmup_iters)``, so the first step trains the final output alone and the heads carry
+    their full weight from step ``warmup_iters + 1`` on; 1 throughout when ``warmup_iters`` is 0.
+
+    Examples::
+
+        loss_fn.head_scale = ds_warmup_scale(engine.state.iteration, 100)
+    """
+    if warmup_iters < 0:
+        raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}.")
+    if warmup_iters == 0:
+        return 1.0
+    return min(1.0, max(0, iteration - 1) / warmup_iters)
 
 
 def get_loss(

@@ -41,8 +41,10 @@ from tqdm import tqdm
 
 from eunets_monai.data.datalists import kfold_split, msd_datalist
 from eunets_monai.data.presets import get_inferer, get_task, get_transforms
-from eunets_monai.engine.losses import get_loss
+from eunets_monai.engine.losses import ds_warmup_scale, get_loss
+from eunets_monai.engine.optim import param_groups
 from eunets_monai.engine.outputs import final_output
+from eunets_monai.engine.precision import autocast, autocast_dtype, precision_name
 from eunets_monai.networks import NETWORKS, get_network
 from eunets_monai.utils import atomic_torch_save, atomic_write_text
 
@@ -55,6 +57,7 @@ __all__ = [
     "build_network",
     "count_parameters",
     "case_dice",
+    "batch_class_dice",
     "evaluate",
     "train_run",
     "run_study",
@@ -62,6 +65,10 @@ __all__ = [
     "summarize",
     "paired_test",
     "format_table",
+    "val_dice_at",
+    "slow_starts",
+    "ablation_rows",
+    "format_ablation_table",
 ]
 
 # Architecture name -> (plain name, EU name), as in the paper's Table 1.
@@ -72,6 +79,10 @@ DISPLAY_NAMES: dict[str, tuple[str, str]] = {
     "unet_transformer": ("U-Net Transformer", "EU-Net Transformer"),
     "efen": ("EFEN", "EU-EFEN"),
 }
+
+
+# StudyConfig fields that only change EU runs (deep supervision and the heads' optimisation).
+HEAD_OPTIONS = ("ds_weight_mode", "ds_warmup", "head_lr")
 
 
 @dataclass(frozen=True)
@@ -100,10 +111,18 @@ class StudyConfig:
             far down to 0, in place of the plateau schedule (0: plateau schedule only). It is a final phase: a
             resumed run can be given one after its plateau phase.
         loss: ``eunets_monai.engine.losses.get_loss`` name; deep_supervision: for EU-Nets (the paper's recipe).
+        ds_weight_mode: deep-supervision weights of the final output and the heads ("exp", "two", "same"; see
+            ``get_loss``).
+        ds_warmup: the heads' loss weights ramp linearly from 0 to full over the first ``ds_warmup`` steps
+            (``ds_warmup_scale``; 0: full weight from the start).
+        head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate``.
         head_init: how the MHEX+ heads' Conv1 starts (``eunets_monai.networks.HEAD_INITS``): "identity" (this
             package's default) or "default" (PyTorch's, as in the runs before the head-initialisation study).
         exclude: case ids (e.g. "hippocampus_004") never used for training (the embedded sample, for shipping).
-        device: "cpu", "cuda", ...; amp: mixed precision on CUDA.
+        device: "cpu", "cuda", ...
+        precision: autocast precision of the forward pass (``eunets_monai.engine.precision.PRECISIONS``): "fp32",
+            "bf16", "fp16" or "auto" (bf16 on a CPU with bf16 units, fp16 on CUDA). Part of the recipe: runs in
+            other precisions are not compared in one table.
     """
 
     task: str = "hippocampus"
@@ -126,10 +145,13 @@ class StudyConfig:
     anneal_steps: int = 0
     loss: str = "dicece"
     deep_supervision: bool = True
+    ds_weight_mode: str = "exp"
+    ds_warmup: int = 0
+    head_lr: float = 1.0
     head_init: str = "identity"
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
-    amp: bool = False
+    precision: str = "fp32"
 
     @classmethod
     def full(cls, **kwargs) -> StudyConfig:
@@ -147,7 +169,7 @@ class StudyConfig:
             lr_patience=10,
             early_stop=20,
             device="cuda",
-            amp=True,
+            precision="auto",
         )
         return cls(**{**base, **kwargs})
 
@@ -155,14 +177,24 @@ class StudyConfig:
         """The folds to run."""
         return tuple(range(self.n_folds)) if self.folds is None else tuple(self.folds)
 
-    def recipe(self) -> dict:
-        """The settings that must match between runs compared in one table (everything but the run list)."""
+    def recipe(self, mhex: bool = True) -> dict:
+        """
+        The settings that must match between runs compared in one table (everything but the run list). Options
+        added after the first results are left out at their defaults, so those results stay comparable; the
+        heads' options are left out of a plain network's recipe (they do not change its run).
+        """
         d = asdict(self)
-        for key in ("networks", "variants", "folds", "device", "amp"):
+        for key in ("networks", "variants", "folds", "device"):
             d.pop(key)
-        if not self.anneal_steps:  # results written before the option existed stay comparable
-            d.pop("anneal_steps")
+        defaults = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
+        for key, default in defaults.items():
+            if d[key] == default or (not mhex and key in HEAD_OPTIONS):
+                d.pop(key)
         return d
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The forward pass's autocast dtype on ``device`` (``None``: float32)."""
+        return autocast_dtype(self.precision, self.device)
 
 
 @dataclass(frozen=True)
@@ -261,13 +293,15 @@ def evaluate(
         data = Dataset(list(data), transform=get_transforms(cfg.task, "val"))
     inferer = get_inferer(cfg.task, spatial_dims=cfg.spatial_dims, roi_size=cfg.patch_size)
     device = torch.device(cfg.device)
+    dtype = cfg.autocast_dtype()
     net.eval()
     out: dict[str, list[float]] = {}
     indices = range(len(data))
     for i in progress(indices) if progress else indices:
         item = data[i]
         image = item["image"].unsqueeze(0).to(device)
-        logits = final_output(inferer(image, net))
+        with autocast(dtype, device):
+            logits = final_output(inferer(image, net)).float()
         name = case_id({"image": item["image"].meta.get("filename_or_obj", f"case_{i}")})
         out[name] = case_dice(logits.cpu(), item["label"].unsqueeze(0))
     return out
@@ -287,12 +321,32 @@ def _batches(loader: DataLoader) -> Iterator[dict]:
 
 
 def _anneal(opt: torch.optim.Optimizer, st: dict, cfg: StudyConfig) -> None:
-    """Set the learning rate of step ``st["step"]`` of the cosine phase (the rate at its start is kept in ``st``)."""
+    """
+    Set the learning rate of step ``st["step"]`` of the cosine phase (the rate at its start is kept in ``st``); each
+    parameter group keeps its ``lr_scale`` relative to the first (the heads' ``head_lr``).
+    """
     k = st["step"] - (cfg.max_iters - cfg.anneal_steps)
     if k == 0 or "anneal_lr0" not in st:  # a phase starts from the rate reached so far
-        st["anneal_lr0"] = opt.param_groups[0]["lr"]
+        st["anneal_lr0"] = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
     for group in opt.param_groups:
-        group["lr"] = 0.5 * st["anneal_lr0"] * (1.0 + math.cos(math.pi * k / cfg.anneal_steps))
+        rate = 0.5 * st["anneal_lr0"] * (1.0 + math.cos(math.pi * k / cfg.anneal_steps))
+        group["lr"] = rate * group.get("lr_scale", 1.0)
+
+
+def batch_class_dice(logits: torch.Tensor, label: torch.Tensor) -> list[float]:
+    """
+    Dice per foreground class of a whole batch taken as one region: argmax of ``logits`` (B, K, *S) against the
+    class map ``label`` (B, 1, *S), ``2 |P & G| / (|P| + |G|)`` over all voxels of the batch (1.0 where a class is
+    absent from both). Cheap enough to log every head at every training step.
+    """
+    pred = logits.argmax(1)
+    gt = label[:, 0].long()
+    out = []
+    for c in range(1, logits.shape[1]):
+        p, g = pred == c, gt == c
+        denom = int(p.sum()) + int(g.sum())
+        out.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
+    return out
 
 
 def train_run(
@@ -330,8 +384,9 @@ def train_run(
     device = torch.device(cfg.device)
     set_determinism(seed=cfg.seed + spec.fold)
     net = build_network(spec.network, spec.mhex, cfg).to(device)
-    loss_fn = get_loss(cfg.loss, deep_supervision=cfg.deep_supervision and spec.mhex)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    deep = cfg.deep_supervision and spec.mhex
+    loss_fn = get_loss(cfg.loss, deep_supervision=deep, weight_mode=cfg.ds_weight_mode)
+    opt = torch.optim.Adam(param_groups(net, cfg.learning_rate, cfg.head_lr if spec.mhex else 1.0))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
     st = {"step": 0, "history": [], "best": -1.0, "best_step": 0, "best_state": None, "seconds": 0.0, "stale": 0}
     st["best_per_case"] = {}
@@ -350,7 +405,8 @@ def train_run(
     train_ds = CacheDataset(list(train_cases), transform=train_tf, num_workers=0, progress=False)
     val_ds = CacheDataset(list(val_cases), transform=get_transforms(cfg.task, "val"), num_workers=0, progress=False)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=0)
-    scaler = torch.amp.GradScaler(enabled=cfg.amp and device.type == "cuda")
+    dtype = cfg.autocast_dtype()
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)  # bfloat16 needs no loss scaling
 
     def save() -> None:
         if state_path:
@@ -373,6 +429,7 @@ def train_run(
     bar = tqdm(total=cfg.max_iters, initial=st["step"], desc=spec.name(cfg.spatial_dims), disable=not progress)
     start = t0 = time.time()
     finished = True
+    head_dice: list[list[list[float]]] = []  # per step since the last validation: per output level, per class
     while st["step"] < cfg.max_iters:
         if out_of_time():
             finished = on_timeout == "finish"
@@ -385,8 +442,13 @@ def train_run(
         net.train()
         batch = next(batches)
         x, y = batch["image"].to(device), batch["label"].to(device)
-        with torch.autocast(device.type, enabled=scaler.is_enabled()):
-            loss = loss_fn(net(x), y)
+        loss_fn.head_scale = ds_warmup_scale(st["step"] + 1, cfg.ds_warmup)
+        with autocast(dtype, device):
+            out = net(x)
+        out = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+        loss = loss_fn(out, y)
+        with torch.no_grad():
+            head_dice.append([batch_class_dice(o, y) for o in (out if isinstance(out, list) else [out])])
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -399,7 +461,19 @@ def train_run(
             if not annealing:
                 sched.step(dice)
             lr = opt.param_groups[0]["lr"]
-            st["history"].append({"step": st["step"], "val_mean_dice": dice, "lr": lr, "loss": float(loss.detach())})
+            st["history"].append(
+                {
+                    "step": st["step"],
+                    "val_mean_dice": dice,
+                    "lr": lr,
+                    "loss": float(loss.detach()),
+                    # Diagnostics of the learning curves: validation Dice per class, and the training-batch Dice of
+                    # the final output and every head (shallowest first) per class, averaged since the last one.
+                    "val_class_dice": np.mean(list(per_case.values()), axis=0).round(4).tolist(),
+                    "train_head_dice": np.mean(head_dice, axis=0).round(4).tolist() if head_dice else [],
+                }
+            )
+            head_dice.clear()
             if dice > st["best"]:
                 st.update(best=dice, best_step=st["step"], stale=0, best_per_case=per_case)
                 st["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -441,6 +515,7 @@ def train_run(
         "n_train": len(train_cases),
         "n_val": len(val_cases),
         "finished": finished,
+        "precision": precision_name(dtype),
         "best_state": st["best_state"],
     }
 
@@ -485,7 +560,7 @@ def run_study(
                 raw = out / "raw" / f"{name}.json"
                 if raw.is_file():
                     done = json.loads(raw.read_text())
-                    if done.get("recipe") == json.loads(json.dumps(cfg.recipe())):  # tuples stored as lists
+                    if done.get("recipe") == json.loads(json.dumps(cfg.recipe(spec.mhex))):  # tuples stored as lists
                         log(f"{name}: done, skipped")
                         results.append(done)
                         continue
@@ -504,7 +579,7 @@ def run_study(
                     log(f"{name}: stopped at step {res['steps']} (time budget), resumes on the next call")
                     continue
                 res.update(
-                    recipe=cfg.recipe(),
+                    recipe=cfg.recipe(spec.mhex),
                     machine=machine_description(cfg.device),
                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 )
@@ -629,3 +704,62 @@ def format_table(rows: Sequence[dict]) -> str:
 def with_overrides(cfg: StudyConfig, **kwargs) -> StudyConfig:
     """``cfg`` with some fields replaced (``None`` values ignored), e.g. from command-line flags."""
     return replace(cfg, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def val_dice_at(run: dict, step: int) -> float | None:
+    """The validation mean Dice a run recorded at ``step`` (None if it did not validate there)."""
+    return next((h["val_mean_dice"] for h in run["history"] if h["step"] == step), None)
+
+
+def slow_starts(runs: Sequence[dict], step: int = 100, below: float = 0.4) -> tuple[int, int]:
+    """(runs whose validation mean Dice at ``step`` was below ``below``, runs that validated at ``step``)."""
+    at = [d for d in (val_dice_at(r, step) for r in runs) if d is not None]
+    return sum(d < below for d in at), len(at)
+
+
+def ablation_rows(plain: Sequence[dict], variants: dict[str, Sequence[dict]], step: int = 100) -> list[dict]:
+    """
+    One row per recipe variant of the EU network against one set of plain runs (same architecture, folds and
+    base recipe): mean Dice ± std over folds, the slow-start count at ``step`` and the paired EU − plain test
+    over the validation cases of the folds both ran (as :py:func:`summarize` computes it).
+
+    Args:
+        plain: the plain network's runs (one per fold).
+        variants: name -> that variant's EU runs.
+        step: where the slow start is counted (validation mean Dice < 0.4).
+
+    Returns:
+        dicts with keys name, mhex, folds, mean (mean, std), slow (count, runs), vs_plain (diff, p, n) or None.
+    """
+    rows = []
+    for name, runs in [("plain", plain), *variants.items()]:
+        together = list(plain) if name == "plain" else [*plain, *runs]
+        summary = [r for r in summarize(together) if r["mhex"] == (name != "plain")]
+        if not summary:
+            continue
+        row = summary[0]
+        rows.append(
+            {
+                "name": name,
+                "display": row["display"],
+                "spatial_dims": row["spatial_dims"],
+                "folds": row["folds"],
+                "mean": row["mean"],
+                "slow": slow_starts(runs, step),
+                "vs_plain": row["vs_plain"],
+            }
+        )
+    return rows
+
+
+def format_ablation_table(rows: Sequence[dict], step: int = 100) -> str:
+    """A Markdown table of :py:func:`ablation_rows` (Dice in %)."""
+    head = ["recipe", "network", "folds", "Dice mean (%)", f"runs < 0.4 at step {step}", "EU − plain (pp, p)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vs = r["vs_plain"]
+        cells = [r["name"], f"{r['display']} {r['spatial_dims']}D", ",".join(map(str, r["folds"]))]
+        cells += [f"{100 * r['mean'][0]:.2f} ± {100 * r['mean'][1]:.2f}", f"{r['slow'][0]}/{r['slow'][1]}"]
+        cells.append("" if not vs else f"{100 * vs['diff']:+.2f} (p={vs['p']:.2g}, n={vs['n']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

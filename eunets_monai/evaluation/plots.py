@@ -8,6 +8,7 @@ Examples::
     results = load_results("runs/study_2d")
     plot_folds(results, "docs/figures", "results_2d")
     plot_paired(results, "docs/figures", "results_2d")
+    plot_curves({"U-Net": plain_runs, "EU-Net": eu_runs}, "docs/figures/results_curves.png")
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_folds", "plot_paired", "plot_cases"]
+__all__ = ["plot_folds", "plot_paired", "plot_cases", "plot_curves"]
 
 
 def _pyplot():
@@ -160,5 +161,52 @@ def plot_cases(
             ax.set_title(title if ax is not row[0] else Path(str(case["image"])).name.split(".")[0], fontsize=8)
             ax.axis("off")
     path = _save(fig, Path(out_path))
+    plt.close(fig)
+    return path
+
+
+def plot_curves(
+    runs: dict[str, Sequence[dict]], path: str | Path, class_names: Sequence[str] = ("anterior", "posterior")
+) -> Path | None:
+    """
+    Learning curves from the runs' histories: validation Dice per class against the step (top row; thin lines
+    per fold, thick their mean) and, per class, the training-batch Dice of the final output and of every MHEX+ head
+    (bottom row; mean over folds; solid: final output, dashed: heads from the shallowest).
+
+    Args:
+        runs: label -> runs (one per fold) with ``val_class_dice`` / ``train_head_dice`` in their history.
+        path: the PNG to write.
+        class_names: the foreground classes, in order.
+
+    Returns:
+        ``path``, or None when no run recorded per-class curves.
+    """
+    runs = {k: [r for r in v if r["history"] and "val_class_dice" in r["history"][0]] for k, v in runs.items()}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        return None
+    plt = _pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, len(class_names), figsize=(4.2 * len(class_names), 6.4), squeeze=False)
+    for i, (label, group) in enumerate(runs.items()):
+        color = colors[i % len(colors)]
+        steps = [h["step"] for h in group[0]["history"]]
+        for c in range(len(class_names)):
+            val = np.array([[h["val_class_dice"][c] for h in r["history"][: len(steps)]] for r in group])
+            for curve in val:
+                axes[0, c].plot(steps[: len(curve)], curve, color=color, alpha=0.3, lw=0.8)
+            axes[0, c].plot(steps, val.mean(0), color=color, lw=2, label=label)
+            heads = np.array([[h["train_head_dice"] for h in r["history"][: len(steps)]] for r in group])
+            for level in range(heads.shape[2]):  # (runs, steps, levels, classes)
+                style = "-" if level == 0 else (0, (4, 1 + level))
+                name_level = label if level == 0 else None
+                axes[1, c].plot(steps, heads[:, :, level, c].mean(0), color=color, ls=style, label=name_level)
+    for c, name in enumerate(class_names):
+        axes[0, c].set(title=f"{name}: validation Dice", xlabel="step", ylim=(0, 1))
+        axes[1, c].set(title=f"{name}: training Dice (solid: final, dashed: heads)", xlabel="step", ylim=(0, 1))
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=8)
+    fig.tight_layout()
+    path = _save(fig, Path(path))
     plt.close(fig)
     return path

@@ -29,6 +29,7 @@ from torch import nn
 
 from eunets_monai.data.checks import error_summary
 from eunets_monai.data.presets import get_invertd
+from eunets_monai.engine.precision import autocast, autocast_dtype
 from eunets_monai.explain.cam import minmax_normalize
 from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY, ExplainedPredictor
 from eunets_monai.utils import atomic_write
@@ -198,6 +199,8 @@ class BatchInference:
         exit_on_error: turn a batch-stopping error into ``SystemExit`` with its one-line message (used by the
             bundle CLI so the user sees one line, not a traceback); otherwise raise :py:class:`BatchInferenceError`.
         section: ``dataset.json`` section read when the input is an MSD ``dataset.json``.
+        precision: the network's compute dtype (``eunets_monai.engine.precision.PRECISIONS``; "auto": bfloat16 on
+            CPUs with bf16 units, float16 on CUDA); stitching, softmax and inversion stay float32.
 
     Examples::
 
@@ -217,6 +220,7 @@ class BatchInference:
         device: str | torch.device | None = None,
         exit_on_error: bool = False,
         section: str = "test",
+        precision: str = "fp32",
     ) -> None:
         self.network = network
         self.preprocessing = preprocessing
@@ -228,6 +232,7 @@ class BatchInference:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.exit_on_error = exit_on_error
         self.section = section
+        self.dtype = autocast_dtype(precision, self.device)
         self.invert = get_invertd(preprocessing, keys="pred", nearest_interp=False)
 
     def build_predictor(self) -> tuple[nn.Module, dict[str, slice]]:
@@ -277,7 +282,7 @@ class BatchInference:
         if not bool(torch.isfinite(torch.as_tensor(image)).all()):
             raise ValueError(f"{image_path}: image has NaN/Inf values after preprocessing.")
         # The explained predictor switches gradients on itself (CAM/uncertainty backward passes): no no_grad around it.
-        with torch.no_grad() if predictor is self.network else nullcontext():
+        with torch.no_grad() if predictor is self.network else nullcontext(), autocast(self.dtype, self.device):
             out = self.inferer(image.unsqueeze(0).to(self.device), predictor)
         out = torch.as_tensor(out).detach()[0].float().cpu()
         parts = [torch.softmax(out[slices["logits"]], dim=0)]

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "load_bundle", "load_weights"]
+__all__ = ["main", "build_parser", "load_bundle", "load_weights", "build_predictor"]
 
 logger = logging.getLogger("eunets_monai.infer")
 
@@ -28,11 +28,17 @@ EXAMPLE = """examples (the first on the embedded hippocampus sample, after pytho
       --set "channels=[16,32,64,128]" --previews
   eunets-infer BUNDLE scans/ dicom_series/ extra/*.nrrd --output out/ --outputs seg,cam --previews
   eunets-infer BUNDLE dicom_series/ --output out/ --dicom-seg       # + <series>_seg.dcm for PACS / OHIF / Slicer
+  eunets-infer BUNDLE scans/ --output out/ --precision fp32          # float32 throughout (default auto: bf16 on
+                                                                    # CPUs with bf16 units, fp16 on CUDA)
   torchrun --nproc_per_node 2 -m eunets_monai.infer BUNDLE data/dataset.json --output out/
 
 Each case gives <case>_seg.nii.gz, <case>_cam.nii.gz, <case>_uncertainty.nii.gz (as --outputs asks), aligned voxel
 for voxel with its input (and, with --dicom-seg, <series>_seg.dcm for DICOM inputs); summary.json / summary.csv list
 every case. The exit code is 1 when any case failed."""
+
+
+# eunets_monai.engine.precision.PRECISIONS, spelled out so that --help imports no torch (a test keeps them equal)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 class CliError(RuntimeError):
@@ -84,7 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--blend", default="gaussian", choices=("gaussian", "constant"), help="window blending (default gaussian)"
     )
-    p.add_argument("--amp", action="store_true", help="float16 autocast on GPU")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISION_CHOICES,
+        help="the network's compute dtype (default auto): auto = bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), "
+        "float16 on CUDA, float32 elsewhere; fp32, bf16 or fp16 (CUDA only) force one. Stitching, softmax and CAM "
+        "scaling stay float32",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_const",
+        const="auto",
+        dest="precision",
+        help="deprecated alias of --precision auto",
+    )
     p.add_argument("--previews", action="store_true", help="one PNG per case and an index.html gallery")
     p.add_argument(
         "--dicom-seg",
@@ -264,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     from eunets_monai.inference.io import InputError, check_writable, clean_stale_temps, collect_inputs
 
     rank, world = _distributed()
+    precision = _precision(args.precision, _device(args, rank))  # a bad combination stops before any work
     output = check_writable(args.output)  # before any computation
     removed = clean_stale_temps(output)
     if removed:
@@ -288,10 +309,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     for source, reason in problems:
         logger.error(f"{source}: {reason}")
-    predictor = _predictor(args, bundle, network, outputs, rank)
+    predictor = build_predictor(args, bundle, network, outputs, rank)
     mine = cases[rank::world]
     if rank == 0:
-        logger.info(f"{len(cases)} case(s) -> {output} ({', '.join(outputs)}; {world} process(es))")
+        logger.info(f"{len(cases)} case(s) -> {output} ({', '.join(outputs)}; {precision}; {world} process(es))")
     from eunets_monai.inference.runner import read_previous_summary, run_cases, write_summary
 
     previous = read_previous_summary(output)
@@ -331,7 +352,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _predictor(args, bundle: Mapping, network, outputs: Sequence[str], rank: int):
+def build_predictor(args: argparse.Namespace, bundle: Mapping, network, outputs: Sequence[str], rank: int = 0):
+    """
+    The :py:class:`~eunets_monai.inference.runner.VolumePredictor` ``eunets-infer`` runs for parsed ``args``: the
+    bundle's inferer with the window, device and ``--precision`` options, ``network`` with its weights loaded.
+
+    Raises:
+        CliError: one line for a setting the bundle's network or the device cannot take.
+
+    Examples::
+
+        args = build_parser().parse_args(["bundles/eunet_hippocampus", "scans/", "-o", "out", "--precision", "bf16"])
+        bundle = load_bundle(args.bundle)
+        load_weights(bundle["network"], bundle["root"] / "models" / "model.pt")
+        predictor = build_predictor(args, bundle, bundle["network"], ("seg", "cam"))
+    """
     from eunets_monai.data.presets import get_inferer
     from eunets_monai.inference.runner import VolumePredictor
 
@@ -349,10 +384,27 @@ def _predictor(args, bundle: Mapping, network, outputs: Sequence[str], rank: int
             device=stitch,
         )
         return VolumePredictor(
-            network, bundle["preprocessing"], inferer, outputs, device, args.amp, args.channel, 0 if args.quiet else 64
+            network,
+            bundle["preprocessing"],
+            inferer,
+            outputs,
+            device,
+            precision=args.precision,
+            channel=args.channel,
+            progress=0 if args.quiet else 64,
         )
     except ValueError as e:
         raise CliError(str(e)) from None
+
+
+def _precision(precision: str, device) -> str:
+    """The dtype name ``--precision`` gives on ``device`` ("fp32", "bf16", "fp16"), or one CliError line."""
+    from eunets_monai.engine.precision import autocast_dtype, precision_name
+
+    try:
+        return precision_name(autocast_dtype(precision, device))
+    except ValueError as e:
+        raise CliError(f"--precision {precision} on {device}: {e}") from None
 
 
 def _preview_hook(output: Path, class_names: Sequence[str]):

@@ -184,5 +184,6 @@ class ExplainedPredictor(nn.Module):
             z = logits.detach().float()
             z = torch.cat([torch.zeros_like(z), z], 1) if z.shape[1] == 1 else z  # sigmoid = softmax of (0, z)
             unc = softmax_entropy(z / self.temperature, normalize=True)
-        parts = [logits.detach()] + [p.detach().to(logits.dtype) for p in (cam, unc) if p is not None]
+        # float32 whatever the autocast dtype: CAMs and uncertainty are not rounded to bfloat16/float16
+        parts = [t.detach().float() for t in (logits, cam, unc) if t is not None]
         return torch.cat(parts, 1)

@@ -27,6 +27,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, 
 from torch import nn
 
 from eunets_monai.data.checks import CheckFinited, CheckShaped, error_summary
+from eunets_monai.engine.precision import autocast, autocast_dtype, precision_name
 from eunets_monai.inference.batch import normalize_volume_cam
 from eunets_monai.inference.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_seg
 from eunets_monai.inference.explained import ExplainedPredictor
@@ -101,14 +102,21 @@ class VolumePredictor:
         inferer: ``SlidingWindowInferer`` / ``SliceInferer`` (Gaussian blending recommended).
         outputs: any of ``"seg"``, ``"cam"``, ``"uncertainty"``.
         device: where the network runs.
-        amp: float16 autocast (CUDA only).
+        precision: the network's compute dtype, one of :py:data:`~eunets_monai.engine.precision.PRECISIONS`:
+            ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"auto"`` (bfloat16 on a CPU with bf16
+            units, float16 on CUDA, else float32); see :py:func:`~eunets_monai.engine.precision.autocast_dtype`.
+            Only the windows' forward passes run in it: stitching, softmax, CAM scaling and inversion stay float32.
         channel: pick this channel of multi-channel inputs.
         progress: show the inferer's progress bar on volumes of more than ``progress`` windows (0: never).
+
+    Raises:
+        ValueError: unknown ``outputs`` or ``precision``, or ``precision="fp16"`` on a CPU.
 
     Examples::
 
         predictor = VolumePredictor(net, get_transforms("hippocampus", "infer"), inferer, ("seg", "cam"))
         maps = predictor(read_volume(CaseInput("c", "scan.nii.gz")))   # {"seg": (1, *S) uint8, "cam": ...}
+        fast = VolumePredictor(net, get_transforms("hippocampus", "infer"), inferer, precision="auto")  # bf16 CPU
     """
 
     def __init__(
@@ -118,7 +126,7 @@ class VolumePredictor:
         inferer: Inferer,
         outputs: Sequence[str] = OUTPUT_SUFFIXES,
         device: str | torch.device = "cpu",
-        amp: bool = False,
+        precision: str | bool | None = "fp32",
         channel: int | None = None,
         progress: int = 0,
     ) -> None:
@@ -127,12 +135,13 @@ class VolumePredictor:
             raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_SUFFIXES}, got {tuple(outputs)}.")
         self.outputs = tuple(outputs)
         self.device = torch.device(device)
+        self.dtype = autocast_dtype(precision, self.device)  # None: float32
+        self.precision = precision_name(self.dtype)  # what runs: "fp32", "bf16" or "fp16"
         self.network = network.to(self.device).eval()
         self.tail = preprocessing_tail(preprocessing)
         self.target_spacing = _target_spacing(self.tail)
         self.invert = Invertd(keys="pred", transform=self.tail, orig_keys="image", nearest_interp=False, to_tensor=True)
         self.inferer = inferer
-        self.amp = amp and self.device.type == "cuda"
         self.channel = channel
         self.progress = progress
         self.in_channels = int(getattr(network, "in_channels", 1))
@@ -168,9 +177,9 @@ class VolumePredictor:
         if self.progress and hasattr(self.inferer, "progress"):
             self.inferer.progress = self._windows(image.shape[1:]) > self.progress
         grad = nullcontext() if self.explained else torch.no_grad()
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
-        with grad, amp:
+        with grad, autocast(self.dtype, self.device):
             out = self.inferer(image[None].to(self.device), self.model)
+        # float32 from here on (the inferer stitches in the input's float32; .float() also covers other inferers)
         maps = {"probs": torch.softmax(torch.as_tensor(out["logits"][0]).float(), 0)}
         if "cam" in out:
             maps["cam"] = normalize_volume_cam(torch.as_tensor(out["cam"][0]).float())  # foreground classes

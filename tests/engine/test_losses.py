@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from eunets_monai.engine.losses import LOSSES, BCEDiceLoss, CrossEntropyLoss, EUDeepSupervisionLoss, get_loss
+from eunets_monai.engine.losses import (
+    LOSSES,
+    BCEDiceLoss,
+    CrossEntropyLoss,
+    EUDeepSupervisionLoss,
+    ds_warmup_scale,
+    get_loss,
+)
 from eunets_monai.engine.outputs import final_output
 from eunets_monai.networks.nets.unet import EUNet
 
@@ -181,3 +188,25 @@ def test_eunet_training_lowers_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
+
+
+@pytest.mark.parametrize("head_scale", [0.0, 0.37, 1.0])
+def test_head_scale_multiplies_only_the_heads_weights(tiny, head_scale):
+    logits, label = tiny
+    g = torch.Generator().manual_seed(3)
+    preds = [logits] + [torch.randn(logits.shape, generator=g) for _ in range(3)]
+    base = get_loss("dicece", deep_supervision=False)
+    direct = base(preds[0], label).item() + sum(
+        head_scale * w * base(p, label).item() for w, p in zip([0.5, 0.25, 0.125], preds[1:])
+    )
+    loss = get_loss("dicece")
+    loss.head_scale = head_scale
+    assert loss(preds, label).item() == pytest.approx(direct, rel=1e-5)
+
+
+def test_ds_warmup_scale_is_a_linear_ramp_from_zero():
+    # direct: (iteration - 1) / warmup, capped at 1; ignite counts iterations from 1
+    assert [ds_warmup_scale(i, 4) for i in range(1, 8)] == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1, 1])
+    assert ds_warmup_scale(1, 0) == 1.0 and ds_warmup_scale(500, 0) == 1.0
+    with pytest.raises(ValueError, match="warmup_iters"):
+        ds_warmup_scale(1, -1)

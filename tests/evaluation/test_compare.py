@@ -13,6 +13,7 @@ from eunets_monai.data import msd_datalist
 from eunets_monai.evaluation.compare import (
     RunSpec,
     StudyConfig,
+    batch_class_dice,
     case_dice,
     case_id,
     format_table,
@@ -207,3 +208,33 @@ def test_withdraw_keeps_the_measured_entry(tmp_path):
     assert "no (withdrawn)" in format_models_table({"efen_eu_hippocampus": out})
     with pytest.raises(ValueError, match="no entry"):
         withdraw_bundle_model("eunet_hippocampus", tmp_path, "x")
+
+
+def test_heads_options_are_part_of_an_eu_recipe_only():
+    cfg = StudyConfig(head_lr=0.1, ds_warmup=50, precision="bf16")
+    assert cfg.recipe(mhex=True)["head_lr"] == 0.1 and cfg.recipe(mhex=True)["ds_warmup"] == 50
+    plain = cfg.recipe(mhex=False)
+    assert "head_lr" not in plain and "ds_warmup" not in plain and plain["precision"] == "bf16"
+    # options at their defaults are left out, so results written before they existed stay comparable
+    assert set(StudyConfig().recipe()) == set(StudyConfig().recipe(mhex=False))
+    assert not {"head_lr", "ds_warmup", "ds_weight_mode", "precision"} & set(StudyConfig().recipe())
+
+
+def test_batch_class_dice_matches_direct_count():
+    gen = torch.Generator().manual_seed(1)
+    logits, label = torch.randn(3, 3, 5, 4, generator=gen), torch.randint(0, 3, (3, 1, 5, 4), generator=gen)
+    pred, gt = logits.argmax(1).numpy(), label[:, 0].numpy()
+    assert batch_class_dice(logits, label) == pytest.approx([_direct_dice(pred, gt, c) for c in (1, 2)])
+
+
+def test_history_has_per_class_and_per_head_curves_and_heads_keep_their_rate_in_the_cosine(tmp_path):
+    data = msd_datalist(HIPPOCAMPUS)[:3]
+    cfg = StudyConfig(**{**TINY, "max_iters": 3, "anneal_steps": 2, "head_lr": 0.1, "learning_rate": 1e-3})
+    res = train_run(RunSpec("unet", True, 0), cfg, data[:2], data[2:], tmp_path / "s.pt", log=lambda m: None)
+    for h in res["history"]:
+        assert len(h["val_class_dice"]) == 2  # anterior, posterior
+        assert len(h["train_head_dice"]) == 2 and all(len(level) == 2 for level in h["train_head_dice"])  # final+1
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    body, heads = state["optimizer"]["param_groups"]
+    # the cosine's last step (k = 1 of 2) from the base rate: 0.5 * 1e-3 * (1 + cos(pi / 2)); the heads at 0.1x
+    assert body["lr"] == pytest.approx(0.5e-3) and heads["lr"] == pytest.approx(0.1 * body["lr"])

@@ -247,7 +247,8 @@ def test_help_lists_every_option_with_an_example(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    for option in ("--output", "--outputs", "--overwrite", "--device", "--stitch-device", "--roi", "--amp", "--quiet"):
+    options = ("--output", "--outputs", "--overwrite", "--device", "--stitch-device", "--roi", "--precision", "--amp")
+    for option in (*options, "--quiet"):
         assert option in out
     assert "example" in out
 
