@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from eunets_monai.bundles.variants import Variant
 from eunets_monai.data import presets
+from eunets_monai.engine.optim import DEFAULT_HEAD_LR
 from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY
 
 # As in MONAI's model-zoo bundles: the working directory is the bundle folder unless --bundle_root says otherwise.
@@ -21,9 +22,6 @@ IMPORTS = [
     "$import eunets_monai.data.datalists as datalists",
 ]
 TRAIN_IMPORTS = ["$from eunets_monai.engine.optim import param_groups"]
-
-# The heads' learning rate relative to the rest of the network (docs/RESULTS.md, "The slow start").
-HEAD_LR = 0.1
 
 # Only evaluated when the datalist is built from dataset_dir: MONAI Label (or --train#dataset#data) supplies the
 # data itself and never reaches it. Stops at once with one line (SystemExit is not wrapped by MONAI's parser).
@@ -240,7 +238,7 @@ def train_config(v: Variant) -> dict:
             "deep_supervision_weights": "exp",
             # The MHEX+ heads' learning rate as a multiple of learning_rate (eunets_monai.engine.optim: at the full
             # rate Adam turns each head's identity-started Conv1 into a random projection within a few hundred steps).
-            "head_lr": HEAD_LR,
+            "head_lr": DEFAULT_HEAD_LR,
             # Explicit: a new run starts afresh unless --resume true (then from the last checkpoint_epoch=N.pt).
             "resume": False,
             # auto: bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 on CUDA, float32 elsewhere;

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["param_groups"]
+__all__ = ["DEFAULT_HEAD_LR", "param_groups"]
+
+# The heads' rate relative to the rest that the bundles and the study use: of the rates tried (1, 0.1, 0.01; 2D U-Net,
+# 3 folds, docs/RESULTS.md) the one with no slow start and no loss against the plain U-Net.
+DEFAULT_HEAD_LR = 0.01
 
 
 def param_groups(net: torch.nn.Module, lr: float, head_lr: float = 1.0) -> list[dict]:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from eunets_monai.data.datalists import kfold_split, msd_datalist
 from eunets_monai.data.presets import get_inferer, get_task, get_transforms
 from eunets_monai.engine.losses import ds_warmup_scale, get_loss
-from eunets_monai.engine.optim import param_groups
+from eunets_monai.engine.optim import DEFAULT_HEAD_LR, param_groups
 from eunets_monai.engine.outputs import final_output
 from eunets_monai.engine.precision import autocast, autocast_dtype, precision_name
 from eunets_monai.networks import NETWORKS, get_network
@@ -67,6 +67,7 @@ __all__ = [
     "format_table",
     "val_dice_at",
     "slow_starts",
+    "seconds_to_reach",
     "ablation_rows",
     "format_ablation_table",
 ]
@@ -115,14 +116,15 @@ class StudyConfig:
             ``get_loss``).
         ds_warmup: the heads' loss weights ramp linearly from 0 to full over the first ``ds_warmup`` steps
             (``ds_warmup_scale``; 0: full weight from the start).
-        head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate``.
+        head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate`` (``DEFAULT_HEAD_LR``, as in the
+            bundles; 1 is the recipe before the slow-start study).
         head_init: how the MHEX+ heads' Conv1 starts (``eunets_monai.networks.HEAD_INITS``): "identity" (this
             package's default) or "default" (PyTorch's, as in the runs before the head-initialisation study).
         exclude: case ids (e.g. "hippocampus_004") never used for training (the embedded sample, for shipping).
         device: "cpu", "cuda", ...
-        precision: autocast precision of the forward pass (``eunets_monai.engine.precision.PRECISIONS``): "fp32",
-            "bf16", "fp16" or "auto" (bf16 on a CPU with bf16 units, fp16 on CUDA). Part of the recipe: runs in
-            other precisions are not compared in one table.
+        precision: autocast precision of the forward pass (``eunets_monai.engine.precision.PRECISIONS``): "auto"
+            (bf16 on a CPU with bf16 units, fp16 on CUDA, else fp32), "fp32", "bf16" or "fp16". Part of the recipe,
+            as the dtype it resolves to: runs in other precisions are not compared in one table.
     """
 
     task: str = "hippocampus"
@@ -147,11 +149,11 @@ class StudyConfig:
     deep_supervision: bool = True
     ds_weight_mode: str = "exp"
     ds_warmup: int = 0
-    head_lr: float = 1.0
+    head_lr: float = DEFAULT_HEAD_LR
     head_init: str = "identity"
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
 
     @classmethod
     def full(cls, **kwargs) -> StudyConfig:
@@ -179,16 +181,18 @@ class StudyConfig:
 
     def recipe(self, mhex: bool = True) -> dict:
         """
-        The settings that must match between runs compared in one table (everything but the run list). Options
-        added after the first results are left out at their defaults, so those results stay comparable; the
-        heads' options are left out of a plain network's recipe (they do not change its run).
+        The settings that must match between runs compared in one table (everything but the run list), with the
+        precision as the dtype it resolves to. Options added after the first results are left out where they have
+        the value those results ran with, so those results stay comparable; the heads' options are left out of a
+        plain network's recipe (they do not change its run).
         """
         d = asdict(self)
         for key in ("networks", "variants", "folds", "device"):
             d.pop(key)
-        defaults = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
-        for key, default in defaults.items():
-            if d[key] == default or (not mhex and key in HEAD_OPTIONS):
+        d["precision"] = precision_name(self.autocast_dtype())
+        legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
+        for key, value in legacy.items():
+            if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
         return d
 
@@ -378,8 +382,9 @@ def train_run(
 
     Returns:
         a JSON-able dict: ``per_case`` (validation case -> Dice per class, best weights), ``mean_dice``,
-        ``history`` (step, val mean Dice, lr), ``best_step``, ``steps``, ``seconds`` (training + validation time
-        over all sessions), ``params``, ``finished``; and, not JSON-able, ``"best_state"`` (the best state dict).
+        ``history`` (step, val mean Dice, lr, seconds so far, per-class and per-head Dice), ``best_step``,
+        ``steps``, ``seconds`` (training + validation time over all sessions), ``params``, ``finished``,
+        ``precision``; and, not JSON-able, ``"best_state"`` (the best state dict).
     """
     device = torch.device(cfg.device)
     set_determinism(seed=cfg.seed + spec.fold)
@@ -480,6 +485,7 @@ def train_run(
             else:
                 st["stale"] += 1
             st["seconds"] += time.time() - start
+            st["history"][-1]["seconds"] = round(st["seconds"], 1)  # training + validation time so far
             start = time.time()
             log(
                 f"{spec.name(cfg.spatial_dims)}: step {st['step']}/{cfg.max_iters} loss {float(loss.detach()):.4f} "
@@ -709,6 +715,11 @@ def with_overrides(cfg: StudyConfig, **kwargs) -> StudyConfig:
 def val_dice_at(run: dict, step: int) -> float | None:
     """The validation mean Dice a run recorded at ``step`` (None if it did not validate there)."""
     return next((h["val_mean_dice"] for h in run["history"] if h["step"] == step), None)
+
+
+def seconds_to_reach(run: dict, dice: float) -> float | None:
+    """Training + validation seconds until the run's validation mean Dice first reached ``dice`` (None: never)."""
+    return next((h.get("seconds") for h in run["history"] if h["val_mean_dice"] >= dice), None)
 
 
 def slow_starts(runs: Sequence[dict], step: int = 100, below: float = 0.4) -> tuple[int, int]:

@@ -10,19 +10,24 @@ import torch
 from scipy import stats
 
 from eunets_monai.data import msd_datalist
+from eunets_monai.engine.precision import cpu_has_bf16
 from eunets_monai.evaluation.compare import (
     RunSpec,
     StudyConfig,
+    ablation_rows,
     batch_class_dice,
     case_dice,
     case_id,
+    format_ablation_table,
     format_table,
     load_results,
     paired_test,
     run_study,
+    seconds_to_reach,
     study_splits,
     summarize,
     train_run,
+    val_dice_at,
 )
 from eunets_monai.evaluation.plots import plot_folds, plot_paired
 from eunets_monai.evaluation.shipping import (
@@ -215,9 +220,16 @@ def test_heads_options_are_part_of_an_eu_recipe_only():
     assert cfg.recipe(mhex=True)["head_lr"] == 0.1 and cfg.recipe(mhex=True)["ds_warmup"] == 50
     plain = cfg.recipe(mhex=False)
     assert "head_lr" not in plain and "ds_warmup" not in plain and plain["precision"] == "bf16"
-    # options at their defaults are left out, so results written before they existed stay comparable
-    assert set(StudyConfig().recipe()) == set(StudyConfig().recipe(mhex=False))
-    assert not {"head_lr", "ds_warmup", "ds_weight_mode", "precision"} & set(StudyConfig().recipe())
+    # options at the values earlier results ran with are left out, so those results stay comparable
+    legacy = StudyConfig(head_lr=1.0, precision="fp32")
+    assert set(legacy.recipe()) == set(legacy.recipe(mhex=False))
+    assert not {"head_lr", "ds_warmup", "ds_weight_mode", "precision", "anneal_steps"} & set(legacy.recipe())
+    # "auto" is recorded as what it resolves to, so it matches runs that named that precision
+    assert (
+        StudyConfig(precision="auto").recipe().get("precision")
+        == StudyConfig(precision="bf16").recipe().get("precision")
+        or not cpu_has_bf16()
+    )
 
 
 def test_batch_class_dice_matches_direct_count():
@@ -234,7 +246,33 @@ def test_history_has_per_class_and_per_head_curves_and_heads_keep_their_rate_in_
     for h in res["history"]:
         assert len(h["val_class_dice"]) == 2  # anterior, posterior
         assert len(h["train_head_dice"]) == 2 and all(len(level) == 2 for level in h["train_head_dice"])  # final+1
+    seconds = [h["seconds"] for h in res["history"]]
+    assert seconds == sorted(seconds) and seconds[-1] <= res["seconds"]
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     body, heads = state["optimizer"]["param_groups"]
     # the cosine's last step (k = 1 of 2) from the base rate: 0.5 * 1e-3 * (1 + cos(pi / 2)); the heads at 0.1x
     assert body["lr"] == pytest.approx(0.5e-3) and heads["lr"] == pytest.approx(0.1 * body["lr"])
+
+
+def _curve_run(mhex: bool, fold: int, dice: float, curve: list[tuple[int, float, float]]) -> dict:
+    history = [{"step": st, "val_mean_dice": d, "seconds": sec} for st, d, sec in curve]
+    per_case = {f"case_{fold}_{i}": [dice + 0.01 * i, dice] for i in range(3)}
+    display = "EU-Net" if mhex else "U-Net"
+    run = {"network": "unet", "display": display, "mhex": mhex, "fold": fold, "spatial_dims": 2, "params": 1}
+    return {**run, "per_case": per_case, "history": history, "seconds": 1.0}
+
+
+def test_ablation_rows_count_slow_starts_and_pair_each_variant_with_the_plain_runs():
+    plain = [_curve_run(False, f, 0.8, [(100, 0.7, 10.0), (200, 0.8, 20.0)]) for f in (0, 1)]
+    slow = [_curve_run(True, 0, 0.7, [(100, 0.3, 11.0)]), _curve_run(True, 1, 0.75, [(100, 0.5, 12.0)])]
+    fast = [_curve_run(True, f, 0.82, [(100, 0.75, 9.0)]) for f in (0, 1)]
+    rows = ablation_rows(plain, {"slow": slow, "fast": fast})
+    assert [r["name"] for r in rows] == ["plain", "slow", "fast"]
+    assert [r["slow"] for r in rows] == [(0, 2), (1, 2), (0, 2)]
+    assert rows[1]["vs_plain"]["diff"] == pytest.approx((0.7 - 0.8 + 0.75 - 0.8) / 2) and rows[0]["vs_plain"] is None
+    assert rows[2]["vs_plain"]["n"] == 6 and rows[2]["mean"][0] == pytest.approx(
+        np.mean([0.82 + 0.005 * i for i in range(3)])
+    )
+    assert "| slow | EU-Net 2D | 0,1 |" in format_ablation_table(rows)
+    assert seconds_to_reach(plain[0], 0.75) == 20.0 and seconds_to_reach(slow[0], 0.9) is None
+    assert val_dice_at(plain[0], 200) == 0.8 and val_dice_at(plain[0], 300) is None
