@@ -6,6 +6,8 @@ Subcommands (logic in eunets_monai.evaluation.compare / .shipping):
   study   train + evaluate networks (plain and EU) with one recipe on a k-fold split; raw per-case JSON in
           OUT/raw, resumable (rerun the same command after an interruption); prints the table.
   table   rebuild the table (Markdown) and plots from OUT/raw without training.
+  ablation  one architecture's EU recipe variants (one study folder each) against its plain runs: Dice, slow
+          starts at step 100, paired EU - plain test; optional learning-curve figure.
   withdraw  stop shipping a model that does not work (keeps its measured entry, shipped=false).
   models  table of the shipped models (bundles/_shared/hippocampus_models.json).
   cases   figure: held-back embedded cases with mask, prediction, CAM and uncertainty of a shipped model.
@@ -19,6 +21,7 @@ Examples:
   python scripts/compare_networks.py study --data-dir data/Task04_Hippocampus --out runs/study_2d
   python scripts/compare_networks.py study --full --device cuda --out runs/study_full
   python scripts/compare_networks.py table --out runs/study_2d --figures docs/figures
+  python scripts/compare_networks.py ablation --plain runs/study_2d --variant head_lr_0.1=runs/abl_0.1
   python scripts/compare_networks.py cases eunet_hippocampus --png docs/figures/results_cases.png
   python scripts/compare_networks.py ship eunet_hippocampus --data-dir data/Task04_Hippocampus --dims 3 --max-iters 3000
 """
@@ -152,6 +155,31 @@ def cmd_table(args: argparse.Namespace) -> None:
                 print(f"wrote {path}")
 
 
+def cmd_ablation(args: argparse.Namespace) -> None:
+    from eunets_monai.evaluation.compare import ablation_rows, format_ablation_table, load_results
+
+    def runs(out: str, mhex: bool) -> list[dict]:
+        found = [r for r in load_results(out) if r["mhex"] == mhex and r["network"] == args.network]
+        found = [r for r in found if r["spatial_dims"] == args.dims]
+        if not found:
+            sys.exit(f"error: no finished {'EU' if mhex else 'plain'} {args.network} {args.dims}D runs in {out}/raw.")
+        return found
+
+    variants = {}
+    for item in args.variant:
+        name, sep, out = item.partition("=")
+        if not sep:
+            sys.exit(f"error: --variant takes NAME=DIR, got {item!r}.")
+        variants[name] = runs(out, True)
+    plain = runs(args.plain, False)
+    print(format_ablation_table(ablation_rows(plain, variants, args.step), args.step))
+    if args.curves:
+        from eunets_monai.evaluation.plots import plot_curves
+
+        path = plot_curves({"plain": plain, **variants}, args.curves)
+        print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
+
+
 def cmd_ship(args: argparse.Namespace) -> None:
     from eunets_monai.evaluation.shipping import bundle_config, train_bundle_model
 
@@ -244,6 +272,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--figures", default=None, help="folder for PNG plots")
     p.add_argument("--prefix", default="results", help="plot file-name prefix")
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("ablation", help="one architecture's EU recipe variants against its plain runs")
+    p.add_argument("--plain", required=True, help="study folder with the plain runs")
+    p.add_argument("--variant", nargs="+", required=True, help="NAME=DIR: a study folder with one variant's EU runs")
+    p.add_argument("--network", default="unet")
+    p.add_argument("--dims", type=int, choices=(2, 3), default=2)
+    p.add_argument("--step", type=int, default=100, help="step at which slow starts (val Dice < 0.4) are counted")
+    p.add_argument("--curves", default=None, help="PNG of the learning curves (per class, per head)")
+    p.set_defaults(func=cmd_ablation)
     p = sub.add_parser("ship", help="train a hippocampus bundle's shipped model")
     p.add_argument("bundle", help="eunet_hippocampus | eunetpp_hippocampus | ahf_eunet_hippocampus | ...")
     _common(p)

@@ -13,6 +13,8 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from eunets_monai.data import presets
+from eunets_monai.engine.optim import DEFAULT_HEAD_LR
+from eunets_monai.engine.precision import AutocastInferer
 from tests.bundles.helpers import ALL_VARIANTS, BUNDLE_NAMES, SCHEMA, cli, configs
 
 # Four levels: the transformer bottleneck stays small. verify_net_in_out runs on 32^3 (32^2 for a 2D network)
@@ -103,3 +105,18 @@ def test_mhex_false_gives_the_plain_baseline():
     parser.update({"mhex": False})
     plain = parser.get_parsed_content("network_def", lazy=False)
     assert plain.heads is None and plain.spatial_dims == net.spatial_dims
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_train_config_gives_the_heads_their_rate_and_autocasts_both_engines(bundle):
+    parser = ConfigParser()
+    parser.read_config(str(configs(bundle) / "train.json"))
+    parser.update({"network_def#channels": [8, 16, 32, 64], "device": "$torch.device('cpu')", "learning_rate": 2e-3})
+    net, opt = parser.get_parsed_content("network_def"), parser.get_parsed_content("optimizer")
+    body, heads = opt.param_groups
+    assert heads["lr"] == pytest.approx(2e-3 * DEFAULT_HEAD_LR) and body["lr"] == pytest.approx(2e-3)
+    assert {id(p) for p in heads["params"]} == {id(p) for p in net.heads.parameters()}
+    for key in ("train#inferer", "validate#inferer"):
+        inferer = parser.get_parsed_content(key)
+        assert isinstance(inferer, AutocastInferer) and inferer.precision == "auto", key
+    assert parser.get_parsed_content("precision") == "auto"
