@@ -17,6 +17,7 @@ from eunets_monai.bundles.variants import (
     training_calls,
 )
 from eunets_monai.data import presets
+from eunets_monai.engine.optim import DEFAULT_HEAD_LR
 
 
 def _a(word: str) -> str:
@@ -296,9 +297,14 @@ image's grid, argmax to a uint8 class map.
   weights 1, 0.5, 0.25, ... (halved per head from the shallowest, floored at 1/16; `--deep_supervision_weights
   two` = 1, 0.5, 0.5, ...; `same` = all 1). Loss choice `--loss_name dicece` (default) | `dice` | `ce` |
   `bcedice` (BCE + Dice with smoothing 1, paper 003 eqs. 10-11) | `focal`.
-- Adam (lr `--learning_rate 0.001`); `ReduceLROnPlateau` (factor 0.5, patience 5) and early stopping (patience 10)
-  on the validation mean Dice (foreground classes); at most 50 epochs (`--max_epochs`), validation every epoch.
-- AMP when a GPU is there; device cuda if available, else cpu.
+- Adam (lr `--learning_rate 0.001`), the MHEX+ heads at `--head_lr` = {DEFAULT_HEAD_LR} times that rate (at
+  the full rate Adam turns each head's identity-started Conv1 into a random projection within a few hundred steps and
+  the EU-Net learns its second class late; `docs/RESULTS.md`, "The slow start"); `ReduceLROnPlateau` (factor 0.5,
+  patience 5) and early stopping (patience 10) on the validation mean Dice (foreground classes); at most 50 epochs
+  (`--max_epochs`), validation every epoch.
+- Mixed precision `--precision auto` (default): bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 with
+  MONAI's AMP on a GPU, float32 elsewhere; `fp32` turns it off, `bf16` / `fp16` force one. Weights, optimiser and
+  losses stay float32. Device cuda if available, else cpu.
 - Checkpoints in `models/`: `model.pt` (best validation mean Dice, weights only) and `checkpoint_epoch=N.pt` (the
   last epoch: model, optimizer, scheduler, trainer state). Every run starts afresh unless `--resume true`, which
   continues from the last checkpoint (model, optimizer, LR scheduler, epoch and the best-model record; the
