@@ -8,6 +8,7 @@ Subcommands (logic in eunets_monai.evaluation.compare / .shipping):
   table   rebuild the table (Markdown) and plots from OUT/raw without training.
   ablation  one architecture's EU recipe variants (one study folder each) against its plain runs: Dice, slow
           starts at step 100, paired EU - plain test; optional learning-curve figure.
+  curves  learning curves (validation Dice per class, training Dice per head) of study folders side by side.
   withdraw  stop shipping a model that does not work (keeps its measured entry, shipped=false).
   models  table of the shipped models (bundles/_shared/hippocampus_models.json).
   cases   figure: held-back embedded cases with mask, prediction, CAM and uncertainty of a shipped model.
@@ -73,6 +74,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="EU-Nets: train on the final output only (heads kept, no loss on them)",
     )
+    p.add_argument(
+        "--decoder",
+        choices=("residual", "plain"),
+        default=None,
+        help="diagnosis: force residual or plain decoder blocks in every run (default: EU residual, plain plain)",
+    )
     p.add_argument("--head-lr", type=float, default=None, help="MHEX+ heads' learning rate, x --lr (default 1)")
     p.add_argument(
         "--precision",
@@ -108,6 +115,7 @@ def _config(args: argparse.Namespace, base):
         ds_warmup=args.ds_warmup,
         deep_supervision=args.deep_supervision,
         head_lr=args.head_lr,
+        residual_decoder=None if args.decoder is None else args.decoder == "residual",
         precision=args.precision,
         device=args.device,
     )
@@ -178,6 +186,20 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 
         path = plot_curves({"plain": plain, **variants}, args.curves)
         print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from eunets_monai.evaluation.compare import load_results
+    from eunets_monai.evaluation.plots import plot_curves
+
+    runs = {}
+    for item in args.run:
+        label, sep, out = item.partition("=")
+        if not sep or not load_results(out):
+            sys.exit(f"error: --run takes LABEL=DIR with finished runs in DIR/raw, got {item!r}.")
+        runs[label] = load_results(out)
+    path = plot_curves(runs, args.png)
+    print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
@@ -280,6 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step", type=int, default=100, help="step at which slow starts (val Dice < 0.4) are counted")
     p.add_argument("--curves", default=None, help="PNG of the learning curves (per class, per head)")
     p.set_defaults(func=cmd_ablation)
+    p = sub.add_parser("curves", help="learning curves (per class, per head) of study folders side by side")
+    p.add_argument("--run", nargs="+", required=True, help="LABEL=DIR: the finished runs in DIR/raw under LABEL")
+    p.add_argument("--png", required=True, help="output PNG")
+    p.set_defaults(func=cmd_curves)
     p = sub.add_parser("ship", help="train a hippocampus bundle's shipped model")
     p.add_argument("bundle", help="eunet_hippocampus | eunetpp_hippocampus | ahf_eunet_hippocampus | ...")
     _common(p)

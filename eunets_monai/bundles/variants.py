@@ -123,12 +123,21 @@ def load_models(bundles_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+# Recipe options whose default changed after models were shipped, and the flag that gives the value those models
+# were trained with (a recipe written before the option existed does not name it).
+LEGACY_FLAGS = {"head_lr": "--head-lr 1", "precision": "--precision fp32"}
+
+
 def training_calls(entry: dict) -> list[str]:
     """
     The command lines that trained a ``hippocampus_models.json`` entry, in order: a resumed run was made by every
-    call since its start (entries written before ``"commands"`` existed have one ``"command"``).
+    call since its start (entries written before ``"commands"`` existed have one ``"command"``). Calls of an entry
+    whose recipe predates an option in ``LEGACY_FLAGS`` get that option's flag, so they rerun as they ran.
     """
-    return entry.get("commands") or ([entry["command"]] if "command" in entry else [])
+    calls = entry.get("commands") or ([entry["command"]] if "command" in entry else [])
+    recipe = entry.get("recipe", {})
+    extra = [flag for key, flag in LEGACY_FLAGS.items() if recipe and key not in recipe]
+    return [" ".join([call, *(f for f in extra if f.split()[0] not in call.split())]) for call in calls]
 
 
 def make_variants(models: dict) -> tuple[Variant, ...]:

@@ -67,6 +67,7 @@ __all__ = [
     "format_table",
     "val_dice_at",
     "slow_starts",
+    "class_dice_at",
     "seconds_to_reach",
     "ablation_rows",
     "format_ablation_table",
@@ -118,6 +119,9 @@ class StudyConfig:
             (``ds_warmup_scale``; 0: full weight from the start).
         head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate`` (``DEFAULT_HEAD_LR``, as in the
             bundles; 1 is the recipe before the slow-start study).
+        residual_decoder: for diagnosis, force the decoder blocks of every run to residual (True) or plain double
+            convs (False); None (default) keeps each variant's own (residual for EU, plain for the baselines), as
+            the paper builds them.
         head_init: how the MHEX+ heads' Conv1 starts (``eunets_monai.networks.HEAD_INITS``): "identity" (this
             package's default) or "default" (PyTorch's, as in the runs before the head-initialisation study).
         exclude: case ids (e.g. "hippocampus_004") never used for training (the embedded sample, for shipping).
@@ -151,6 +155,7 @@ class StudyConfig:
     ds_warmup: int = 0
     head_lr: float = DEFAULT_HEAD_LR
     head_init: str = "identity"
+    residual_decoder: bool | None = None
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
     precision: str = "auto"
@@ -191,6 +196,7 @@ class StudyConfig:
             d.pop(key)
         d["precision"] = precision_name(self.autocast_dtype())
         legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
+        legacy["residual_decoder"] = None
         for key, value in legacy.items():
             if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
@@ -247,6 +253,7 @@ def build_network(network: str, mhex: bool, cfg: StudyConfig) -> torch.nn.Module
         out_channels=p.out_channels,
         channels=list(cfg.channels),
         mhex=mhex,
+        **({} if cfg.residual_decoder is None else {"residual": cfg.residual_decoder}),
     )
     if cfg.head_init != "identity":  # the networks are built with identity heads
         for head in net.heads or ():
@@ -757,20 +764,30 @@ def ablation_rows(plain: Sequence[dict], variants: dict[str, Sequence[dict]], st
                 "folds": row["folds"],
                 "mean": row["mean"],
                 "slow": slow_starts(runs, step),
+                "at_step": class_dice_at(plain if name == "plain" else runs, step),
                 "vs_plain": row["vs_plain"],
             }
         )
     return rows
 
 
+def class_dice_at(runs: Sequence[dict], step: int) -> list[float] | None:
+    """Validation Dice per class at ``step``, mean over the runs that recorded it there (None: none did)."""
+    at = [h["val_class_dice"] for r in runs for h in r["history"] if h["step"] == step and "val_class_dice" in h]
+    return np.mean(at, axis=0).tolist() if at else None
+
+
 def format_ablation_table(rows: Sequence[dict], step: int = 100) -> str:
     """A Markdown table of :py:func:`ablation_rows` (Dice in %)."""
-    head = ["recipe", "network", "folds", "Dice mean (%)", f"runs < 0.4 at step {step}", "EU − plain (pp, p)"]
+    head = ["recipe", "network", "folds", "Dice mean (%)", f"Dice per class at step {step} (%)"]
+    head += [f"runs < 0.4 at step {step}", "EU − plain (pp, p)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vs = r["vs_plain"]
         cells = [r["name"], f"{r['display']} {r['spatial_dims']}D", ",".join(map(str, r["folds"]))]
-        cells += [f"{100 * r['mean'][0]:.2f} ± {100 * r['mean'][1]:.2f}", f"{r['slow'][0]}/{r['slow'][1]}"]
+        cells.append(f"{100 * r['mean'][0]:.2f} ± {100 * r['mean'][1]:.2f}")
+        cells.append(" / ".join(f"{100 * d:.1f}" for d in r["at_step"]) if r.get("at_step") else "")
+        cells.append(f"{r['slow'][0]}/{r['slow'][1]}")
         cells.append("" if not vs else f"{100 * vs['diff']:+.2f} (p={vs['p']:.2g}, n={vs['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

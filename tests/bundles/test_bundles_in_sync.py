@@ -7,6 +7,7 @@ import json
 from eunets_monai.bundles import make_variants, render_all
 from eunets_monai.bundles.configs import inference_config
 from eunets_monai.bundles.docs import metadata, readme
+from eunets_monai.bundles.variants import training_calls
 from tests.bundles.helpers import ALL_VARIANTS, BUNDLES, REPO
 from tests.scripts import load_script
 
@@ -76,6 +77,16 @@ def test_docs_list_every_call_of_a_resumed_training_run():
     models["eunet_hippocampus"] |= {"val_dice": {"mean": 0.5}, "command": calls[-1], "commands": calls}
     text = readme({x.name: x for x in make_variants(models)}["eunet_hippocampus"])
     assert "\n".join(calls) in text
+
+
+def test_calls_of_models_shipped_before_an_option_rerun_with_the_value_they_had():
+    call = "python scripts/compare_networks.py ship eunet_hippocampus --max-iters 10"
+    legacy = {"command": call, "recipe": {"learning_rate": 0.003}}
+    assert training_calls(legacy) == [call + " --head-lr 1 --precision fp32"]
+    current = {"commands": [call], "recipe": {"head_lr": 0.01, "precision": "bf16"}}
+    assert training_calls(current) == [call]
+    named = {"command": call + " --head-lr 10", "recipe": {"learning_rate": 0.003}}  # a flag given stays as given
+    assert training_calls(named) == [call + " --head-lr 10 --precision fp32"]
 
 
 def test_check_mode_reports_a_drifted_file(tmp_path, monkeypatch):

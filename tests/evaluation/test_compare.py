@@ -17,6 +17,7 @@ from eunets_monai.evaluation.compare import (
     ablation_rows,
     batch_class_dice,
     case_dice,
+    class_dice_at,
     case_id,
     format_ablation_table,
     format_table,
@@ -276,3 +277,8 @@ def test_ablation_rows_count_slow_starts_and_pair_each_variant_with_the_plain_ru
     assert "| slow | EU-Net 2D | 0,1 |" in format_ablation_table(rows)
     assert seconds_to_reach(plain[0], 0.75) == 20.0 and seconds_to_reach(slow[0], 0.9) is None
     assert val_dice_at(plain[0], 200) == 0.8 and val_dice_at(plain[0], 300) is None
+    two = [
+        {"history": [{"step": 100, "val_class_dice": [0.2, 0.4]}]},
+        {"history": [{"step": 100, "val_class_dice": [0.4, 0.6]}]},
+    ]
+    assert class_dice_at(two, 100) == pytest.approx([0.3, 0.5]) and class_dice_at(two, 50) is None
