@@ -28,6 +28,15 @@ SHIPPED = REPO / "bundles" / "eunet_hippocampus"
 TINY = {"repeats": 3, "steps": 1, "warmup": 0, "channels": (4, 8)}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy machine two threads' barriers make each tiny step wait for a time slice."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _script():
     sys.path.insert(0, str(REPO / "scripts"))
     try:
