@@ -194,10 +194,12 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
     runs = {}
     for item in args.run:
-        label, sep, out = item.partition("=")
-        if not sep or not load_results(out):
-            sys.exit(f"error: --run takes LABEL=DIR with finished runs in DIR/raw, got {item!r}.")
-        runs[label] = load_results(out)
+        label, sep, where = item.partition("=")
+        out, _, variant = where.partition("#")
+        found = [r for r in load_results(out) if not variant or r["mhex"] == (variant == "eu")]
+        if not sep or variant not in ("", "eu", "plain") or not found:
+            sys.exit(f"error: --run takes LABEL=DIR[#eu|#plain] with finished runs in DIR/raw, got {item!r}.")
+        runs[label] = found
     path = plot_curves(runs, args.png)
     print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
 
@@ -303,7 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--curves", default=None, help="PNG of the learning curves (per class, per head)")
     p.set_defaults(func=cmd_ablation)
     p = sub.add_parser("curves", help="learning curves (per class, per head) of study folders side by side")
-    p.add_argument("--run", nargs="+", required=True, help="LABEL=DIR: the finished runs in DIR/raw under LABEL")
+    p.add_argument(
+        "--run",
+        nargs="+",
+        required=True,
+        help="LABEL=DIR[#eu|#plain]: the finished (EU or plain) runs in DIR/raw, drawn under LABEL",
+    )
     p.add_argument("--png", required=True, help="output PNG")
     p.set_defaults(func=cmd_curves)
     p = sub.add_parser("ship", help="train a hippocampus bundle's shipped model")

@@ -483,6 +483,8 @@ def train_run(
                     # the final output and every head (shallowest first) per class, averaged since the last one.
                     "val_class_dice": np.mean(list(per_case.values()), axis=0).round(4).tolist(),
                     "train_head_dice": np.mean(head_dice, axis=0).round(4).tolist() if head_dice else [],
+                    # each head's Conv1 distance from its identity start, deepest head first
+                    "conv1_drift": [round(h.identity_drift(), 4) for h in net.heads or ()],
                 }
             )
             head_dice.clear()

@@ -202,8 +202,10 @@ def plot_curves(
                 name_level = label if level == 0 else None
                 axes[1, c].plot(steps, heads[:, :, level, c].mean(0), color=color, ls=style, label=name_level)
     for c, name in enumerate(class_names):
-        axes[0, c].set(title=f"{name}: validation Dice", xlabel="step", ylim=(0, 1))
-        axes[1, c].set(title=f"{name}: training Dice (solid: final, dashed: heads)", xlabel="step", ylim=(0, 1))
+        axes[0, c].set(xlabel="step", ylim=(0, 1))
+        axes[0, c].set_title(f"{name}: validation Dice", fontsize=9)
+        axes[1, c].set(xlabel="step", ylim=(0, 1))
+        axes[1, c].set_title(f"{name}: training Dice (solid: final, dashed: heads)", fontsize=9)
     axes[0, 0].legend(fontsize=8)
     axes[1, 0].legend(fontsize=8)
     fig.tight_layout()

@@ -247,6 +247,7 @@ def test_history_has_per_class_and_per_head_curves_and_heads_keep_their_rate_in_
     for h in res["history"]:
         assert len(h["val_class_dice"]) == 2  # anterior, posterior
         assert len(h["train_head_dice"]) == 2 and all(len(level) == 2 for level in h["train_head_dice"])  # final+1
+        assert len(h["conv1_drift"]) == 1 and h["conv1_drift"][0] > 0  # one head (2 levels), moved from I
     seconds = [h["seconds"] for h in res["history"]]
     assert seconds == sorted(seconds) and seconds[-1] <= res["seconds"]
     state = torch.load(tmp_path / "s.pt", weights_only=True)

@@ -77,6 +77,15 @@ class MHEXPlus(nn.Module):
         gated = torch.sigmoid(hidden) * hidden
         return gated, hidden, self.conv2(hidden)
 
+    def identity_drift(self) -> float:
+        """
+        How far Conv1 has moved from the identity it starts at: ``||W1 - I||_F / ||I||_F`` (0 at the identity start;
+        about 1 once the off-diagonal entries weigh as much as the diagonal).
+        """
+        w1 = self.conv1.weight.detach().flatten(1)  # (C, C) for the 1x1 Conv1
+        eye = torch.eye(w1.shape[0], w1.shape[1], dtype=w1.dtype, device=w1.device)
+        return float(torch.linalg.norm(w1 - eye) / torch.linalg.norm(eye))
+
     def equivalent_kernel(self) -> torch.Tensor:
         """
         Compose Conv2 into Conv1: ``W_equiv[c] = sum_j W2[c, j] * W1[j]`` (sec. 3.3).

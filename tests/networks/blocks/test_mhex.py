@@ -47,6 +47,16 @@ def test_identity_init_passes_features_on(spatial_dims):
     assert pred.abs().sum() > 0
 
 
+def test_identity_drift_is_the_relative_frobenius_distance_to_the_identity():
+    head = MHEXPlus(3, in_channels=4, out_channels=2)
+    assert head.identity_drift() == 0.0
+    with torch.no_grad():
+        head.conv1.weight[0, 1] += 0.6  # one off-diagonal entry
+        head.conv1.weight[2, 2] -= 0.8  # one diagonal entry
+    # direct: sqrt(0.6^2 + 0.8^2) / sqrt(4) = 1 / 2
+    assert head.identity_drift() == pytest.approx(0.5)
+
+
 def test_reset_parameters_and_bad_init():
     torch.manual_seed(0)
     head = MHEXPlus(2, in_channels=4, out_channels=3)
