@@ -80,6 +80,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="diagnosis: force residual or plain decoder blocks in every run (default: EU residual, plain plain)",
     )
+    p.add_argument(
+        "--channels-last", action="store_true", default=None, help="train in the channels-last memory format"
+    )
     p.add_argument("--head-lr", type=float, default=None, help="MHEX+ heads' learning rate, x --lr (default 1)")
     p.add_argument(
         "--precision",
@@ -115,6 +118,7 @@ def _config(args: argparse.Namespace, base):
         ds_warmup=args.ds_warmup,
         deep_supervision=args.deep_supervision,
         head_lr=args.head_lr,
+        channels_last=args.channels_last,
         residual_decoder=None if args.decoder is None else args.decoder == "residual",
         precision=args.precision,
         device=args.device,

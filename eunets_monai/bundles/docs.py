@@ -304,7 +304,8 @@ image's grid, argmax to a uint8 class map.
   (`--max_epochs`), validation every epoch.
 - Mixed precision `--precision auto` (default): bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 with
   MONAI's AMP on a GPU, float32 elsewhere; `fp32` turns it off, `bf16` / `fp16` force one. Weights, optimiser and
-  losses stay float32. Device cuda if available, else cpu.
+  losses stay float32. 2D bundles train in the channels-last memory format (`--channels_last`; faster on CPUs).
+  Device cuda if available, else cpu.
 - Checkpoints in `models/`: `model.pt` (best validation mean Dice, weights only) and `checkpoint_epoch=N.pt` (the
   last epoch: model, optimizer, scheduler, trainer state). Every run starts afresh unless `--resume true`, which
   continues from the last checkpoint (model, optimizer, LR scheduler, epoch and the best-model record; the

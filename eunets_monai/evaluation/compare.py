@@ -44,7 +44,7 @@ from eunets_monai.data.presets import get_inferer, get_task, get_transforms
 from eunets_monai.engine.losses import ds_warmup_scale, get_loss
 from eunets_monai.engine.optim import DEFAULT_HEAD_LR, param_groups
 from eunets_monai.engine.outputs import final_output
-from eunets_monai.engine.precision import autocast, autocast_dtype, precision_name
+from eunets_monai.engine.precision import autocast, autocast_dtype, memory_format, precision_name
 from eunets_monai.networks import NETWORKS, get_network
 from eunets_monai.utils import atomic_torch_save, atomic_write_text
 
@@ -119,6 +119,9 @@ class StudyConfig:
             (``ds_warmup_scale``; 0: full weight from the start).
         head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate`` (``DEFAULT_HEAD_LR``, as in the
             bundles; 1 is the recipe before the slow-start study).
+        channels_last: train in the channels-last memory format (1.2-1.3x faster 2D training on this project's
+            CPU, also under bfloat16; numerically equal up to float rounding, but part of the recipe since rounding
+            differences grow over training).
         residual_decoder: for diagnosis, force the decoder blocks of every run to residual (True) or plain double
             convs (False); None (default) keeps each variant's own (residual for EU, plain for the baselines), as
             the paper builds them.
@@ -156,6 +159,7 @@ class StudyConfig:
     head_lr: float = DEFAULT_HEAD_LR
     head_init: str = "identity"
     residual_decoder: bool | None = None
+    channels_last: bool = False
     exclude: tuple[str, ...] = ()
     device: str = "cpu"
     precision: str = "auto"
@@ -196,7 +200,7 @@ class StudyConfig:
             d.pop(key)
         d["precision"] = precision_name(self.autocast_dtype())
         legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
-        legacy["residual_decoder"] = None
+        legacy.update(residual_decoder=None, channels_last=False)
         for key, value in legacy.items():
             if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
@@ -395,7 +399,8 @@ def train_run(
     """
     device = torch.device(cfg.device)
     set_determinism(seed=cfg.seed + spec.fold)
-    net = build_network(spec.network, spec.mhex, cfg).to(device)
+    net = build_network(spec.network, spec.mhex, cfg)
+    net = net.to(device, memory_format=memory_format(cfg.spatial_dims, cfg.channels_last))
     deep = cfg.deep_supervision and spec.mhex
     loss_fn = get_loss(cfg.loss, deep_supervision=deep, weight_mode=cfg.ds_weight_mode)
     opt = torch.optim.Adam(param_groups(net, cfg.learning_rate, cfg.head_lr if spec.mhex else 1.0))

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from eunets_monai.engine.losses import get_loss
-from eunets_monai.engine.precision import autocast, autocast_dtype, cpu_has_bf16
+from eunets_monai.engine.precision import autocast, autocast_dtype, cpu_has_bf16, to_channels_last
 from eunets_monai.inference.io import CaseInput, read_volume
 from eunets_monai.networks import get_network
 
@@ -49,7 +49,6 @@ __all__ = [
     "PRECISIONS_COMPARED",
     "INFERENCE_MODES",
     "parse_settings",
-    "to_channels_last",
     "machine_info",
     "training_benchmark",
     "labelled_cases",
@@ -101,23 +100,6 @@ def _precision(setting: str) -> str:
 
 def _channels_last(setting: str) -> bool:
     return setting.endswith("+cl")
-
-
-def _memory_format(spatial_dims: int) -> torch.memory_format:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"channels-last needs 2 or 3 spatial dims, got {spatial_dims}")
-    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
-
-
-def to_channels_last(obj, spatial_dims: int):
-    """
-    A network (in place, as ``nn.Module.to`` does) or a (B, C, *S) tensor in the channels-last memory format:
-    ``torch.channels_last`` for 2 spatial dims, ``torch.channels_last_3d`` for 3.
-    """
-    fmt = _memory_format(spatial_dims)
-    if isinstance(obj, torch.Tensor):
-        return obj.contiguous(memory_format=fmt)
-    return obj.to(memory_format=fmt)
 
 
 def _baseline(settings: Sequence[str]) -> str:

@@ -14,7 +14,9 @@ from eunets_monai.engine.precision import (
     autocast,
     autocast_dtype,
     cpu_has_bf16,
+    memory_format,
     precision_name,
+    to_channels_last,
 )
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16 units")
@@ -205,3 +207,12 @@ def test_autocast_inferer_rejects_unknown_precisions_and_fp16_on_cpu():
     inferer = AutocastInferer(SimpleInferer(), precision="fp16")  # resolved per call: fine for a GPU input
     with pytest.raises(ValueError, match="'fp16' is for GPUs"):
         inferer(torch.rand(1, 1, 8, 8), Recorder())
+
+
+def test_memory_format_per_dimensionality():
+    assert memory_format(2) == torch.channels_last and memory_format(3) == torch.channels_last_3d
+    assert memory_format(3, channels_last=False) == torch.contiguous_format
+    with pytest.raises(ValueError, match="spatial_dims"):
+        memory_format(1)
+    x = to_channels_last(torch.rand(2, 3, 4, 5, 6), 3)
+    assert x.is_contiguous(memory_format=torch.channels_last_3d)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from eunets_monai.engine.precision import to_channels_last
 from eunets_monai.evaluation.precision_benchmark import (
     SETTINGS,
     _alternate,
@@ -18,7 +19,6 @@ from eunets_monai.evaluation.precision_benchmark import (
     machine_info,
     mask_dice,
     parse_settings,
-    to_channels_last,
     training_benchmark,
 )
 from tests.fixtures import HIPPOCAMPUS
