@@ -177,6 +177,14 @@ def cmd_ablation(args: argparse.Namespace) -> None:
             sys.exit(f"error: no finished {'EU' if mhex else 'plain'} {args.network} {args.dims}D runs in {out}/raw.")
         return found
 
+    if args.manifest:
+        from eunets_monai.evaluation.compare import load_ablation
+
+        plain, variants = load_ablation(args.manifest)
+        print(format_ablation_table(ablation_rows(plain, variants, args.step), args.step))
+        return
+    if not (args.plain and args.variant):
+        sys.exit("error: give --manifest FILE, or --plain DIR and --variant NAME=DIR ...")
     variants = {}
     for item in args.variant:
         name, sep, out = item.partition("=")
@@ -301,8 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefix", default="results", help="plot file-name prefix")
     p.set_defaults(func=cmd_table)
     p = sub.add_parser("ablation", help="one architecture's EU recipe variants against its plain runs")
-    p.add_argument("--plain", required=True, help="study folder with the plain runs")
-    p.add_argument("--variant", nargs="+", required=True, help="NAME=DIR: a study folder with one variant's EU runs")
+    p.add_argument("--plain", default=None, help="study folder with the plain runs")
+    p.add_argument("--variant", nargs="+", default=None, help="NAME=DIR: a study folder with one variant's EU runs")
+    p.add_argument(
+        "--manifest", default=None, help="JSON naming the plain folder and the variants (docs/results/slow_start)"
+    )
     p.add_argument("--network", default="unet")
     p.add_argument("--dims", type=int, choices=(2, 3), default=2)
     p.add_argument("--step", type=int, default=100, help="step at which slow starts (val Dice < 0.4) are counted")

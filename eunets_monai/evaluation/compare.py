@@ -70,6 +70,7 @@ __all__ = [
     "class_dice_at",
     "seconds_to_reach",
     "ablation_rows",
+    "load_ablation",
     "format_ablation_table",
 ]
 
@@ -782,6 +783,26 @@ def class_dice_at(runs: Sequence[dict], step: int) -> list[float] | None:
     """Validation Dice per class at ``step``, mean over the runs that recorded it there (None: none did)."""
     at = [h["val_class_dice"] for r in runs for h in r["history"] if h["step"] == step and "val_class_dice" in h]
     return np.mean(at, axis=0).tolist() if at else None
+
+
+def load_ablation(manifest: str | Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    """
+    The runs of an ablation kept as a manifest: a JSON file ``{"network": ..., "spatial_dims": ...,
+    "plain": folder, "variants": [[name, folder], ...]}`` with folders relative to the file. Returns the plain runs
+    and, per variant in order, its EU runs (both of that network and dimensionality).
+    """
+    path = Path(manifest)
+    spec = json.loads(path.read_text())
+
+    def runs(folder: str, mhex: bool) -> list[dict]:
+        found = load_results(path.parent / folder)
+        return [
+            r
+            for r in found
+            if r["mhex"] == mhex and r["network"] == spec["network"] and r["spatial_dims"] == spec["spatial_dims"]
+        ]
+
+    return runs(spec["plain"], False), {name: runs(folder, True) for name, folder in spec["variants"]}
 
 
 def format_ablation_table(rows: Sequence[dict], step: int = 100) -> str:

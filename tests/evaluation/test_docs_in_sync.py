@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from eunets_monai.evaluation.compare import format_table, load_results, summarize
+from eunets_monai.evaluation.compare import (
+    ablation_rows,
+    format_ablation_table,
+    format_table,
+    load_ablation,
+    load_results,
+    summarize,
+)
 from eunets_monai.evaluation.shipping import format_models_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +40,12 @@ def test_study_tables_are_the_raw_results(study):
     rows = _rows(format_table(summarize(load_results(RESULTS / study))))
     stale = [row for row in rows if row not in text]
     assert not stale, f"docs/RESULTS.md: rows of {study} stale, rerun compare_networks.py table --out {study}"
+
+
+@pytest.mark.parametrize("manifest", sorted(RESULTS.glob("*/ablation.json")), ids=lambda p: p.parent.name)
+def test_ablation_tables_are_the_raw_results(manifest):
+    plain, variants = load_ablation(manifest)
+    assert plain and all(variants.values()), f"{manifest}: a folder it names has no runs"
+    table = format_ablation_table(ablation_rows(plain, variants))
+    stale = [row for row in _rows(table) if row not in (ROOT / "docs" / "RESULTS.md").read_text()]
+    assert not stale, f"docs/RESULTS.md: ablation rows stale, rerun compare_networks.py ablation --manifest {manifest}"
