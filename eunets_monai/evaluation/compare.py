@@ -201,7 +201,7 @@ class StudyConfig:
             d.pop(key)
         d["precision"] = precision_name(self.autocast_dtype())
         legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
-        legacy.update(residual_decoder=None, channels_last=False)
+        legacy |= {"residual_decoder": None, "channels_last": False}
         for key, value in legacy.items():
             if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
