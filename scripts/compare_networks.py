@@ -60,6 +60,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--anneal-steps", type=int, default=None, help="last N steps: cosine learning rate down to 0 (default 0: off)"
     )
+    p.add_argument(
+        "--stop-at-dice", type=float, default=None, help="end a run once its validation mean Dice reaches this"
+    )
     p.add_argument("--loss", default=None, help="dicece | dice | ce | bcedice | focal")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
@@ -111,6 +114,7 @@ def _config(args: argparse.Namespace, base):
         learning_rate=args.lr,
         early_stop=args.early_stop,
         anneal_steps=args.anneal_steps,
+        stop_at_dice=args.stop_at_dice,
         loss=args.loss,
         seed=args.seed,
         head_init=args.head_init,

@@ -110,6 +110,8 @@ class StudyConfig:
         patch_size: training patch / inference ROI, default the task preset's.
         learning_rate: Adam's initial rate; lr_patience, lr_factor: ``ReduceLROnPlateau`` on validation Dice.
         early_stop: validations without improvement before stopping (0: never).
+        stop_at_dice: end the run at the first validation whose mean Dice reaches this (None: never); for
+            measuring the time to a target Dice (``seconds_to_reach``) without training on past it.
         anneal_steps: the last ``anneal_steps`` of ``max_iters`` follow a cosine from the learning rate reached so
             far down to 0, in place of the plateau schedule (0: plateau schedule only). It is a final phase: a
             resumed run can be given one after its plateau phase.
@@ -153,6 +155,7 @@ class StudyConfig:
     lr_factor: float = 0.5
     early_stop: int = 6
     anneal_steps: int = 0
+    stop_at_dice: float | None = None
     loss: str = "dicece"
     deep_supervision: bool = True
     ds_weight_mode: str = "exp"
@@ -201,7 +204,7 @@ class StudyConfig:
             d.pop(key)
         d["precision"] = precision_name(self.autocast_dtype())
         legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
-        legacy |= {"residual_decoder": None, "channels_last": False}
+        legacy |= {"residual_decoder": None, "channels_last": False, "stop_at_dice": None}
         for key, value in legacy.items():
             if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
@@ -508,6 +511,9 @@ def train_run(
                 f"{st['seconds']:.0f} s"
             )
             save()
+            if cfg.stop_at_dice is not None and dice >= cfg.stop_at_dice:
+                log(f"{spec.name(cfg.spatial_dims)}: validation mean Dice {dice:.4f} reached {cfg.stop_at_dice}, done")
+                break
             if cfg.early_stop and st["stale"] >= cfg.early_stop:
                 log(f"{spec.name(cfg.spatial_dims)}: early stop at step {st['step']}")
                 break

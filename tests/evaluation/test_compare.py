@@ -283,3 +283,14 @@ def test_ablation_rows_count_slow_starts_and_pair_each_variant_with_the_plain_ru
         {"history": [{"step": 100, "val_class_dice": [0.4, 0.6]}]},
     ]
     assert class_dice_at(two, 100) == pytest.approx([0.3, 0.5]) and class_dice_at(two, 50) is None
+
+
+def test_stop_at_dice_ends_the_run_at_the_first_validation_that_reaches_it(tmp_path):
+    data = msd_datalist(HIPPOCAMPUS)[:3]
+    cfg = StudyConfig(**{**TINY, "max_iters": 4, "stop_at_dice": 0.0})  # any Dice reaches 0
+    logs = []
+    res = train_run(RunSpec("unet", False, 0), cfg, data[:2], data[2:], tmp_path / "s.pt", log=logs.append)
+    assert res["finished"] and res["steps"] == 1 and len(res["history"]) == 1
+    assert any("reached 0.0, done" in m for m in logs)
+    assert seconds_to_reach(res, 0.0) == res["history"][0]["seconds"]
+    assert cfg.recipe()["stop_at_dice"] == 0.0 and "stop_at_dice" not in StudyConfig().recipe()
