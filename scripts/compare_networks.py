@@ -9,6 +9,7 @@ Subcommands (logic in eunets_monai.evaluation.compare / .shipping):
   ablation  one architecture's EU recipe variants (one study folder each) against its plain runs: Dice, slow
           starts at step 100, paired EU - plain test; optional learning-curve figure.
   curves  learning curves (validation Dice per class, training Dice per head) of study folders side by side.
+  reach   steps and minutes each run took to reach a validation mean Dice (with --stop-at-dice runs).
   withdraw  stop shipping a model that does not work (keeps its measured entry, shipped=false).
   models  table of the shipped models (bundles/_shared/hippocampus_models.json).
   cases   figure: held-back embedded cases with mask, prediction, CAM and uncertainty of a shipped model.
@@ -220,6 +221,18 @@ def cmd_curves(args: argparse.Namespace) -> None:
     print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
 
 
+def cmd_reach(args: argparse.Namespace) -> None:
+    from eunets_monai.evaluation.compare import format_reach_table, load_results
+
+    runs = {}
+    for item in args.run:
+        label, sep, out = item.partition("=")
+        if not sep or not load_results(out):
+            sys.exit(f"error: --run takes LABEL=DIR with finished runs in DIR/raw, got {item!r}.")
+        runs[label] = load_results(out)
+    print(format_reach_table(runs, args.dice))
+
+
 def cmd_ship(args: argparse.Namespace) -> None:
     from eunets_monai.evaluation.shipping import bundle_config, train_bundle_model
 
@@ -332,6 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--png", required=True, help="output PNG")
     p.set_defaults(func=cmd_curves)
+    p = sub.add_parser("reach", help="steps and minutes each run took to reach a validation mean Dice")
+    p.add_argument("--dice", type=float, required=True, help="the target validation mean Dice, e.g. 0.87")
+    p.add_argument("--run", nargs="+", required=True, help="LABEL=DIR: the finished runs in DIR/raw under LABEL")
+    p.set_defaults(func=cmd_reach)
     p = sub.add_parser("ship", help="train a hippocampus bundle's shipped model")
     p.add_argument("bundle", help="eunet_hippocampus | eunetpp_hippocampus | ahf_eunet_hippocampus | ...")
     _common(p)

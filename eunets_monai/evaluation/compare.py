@@ -69,6 +69,8 @@ __all__ = [
     "slow_starts",
     "class_dice_at",
     "seconds_to_reach",
+    "steps_to_reach",
+    "format_reach_table",
     "ablation_rows",
     "load_ablation",
     "format_ablation_table",
@@ -741,6 +743,32 @@ def val_dice_at(run: dict, step: int) -> float | None:
 def seconds_to_reach(run: dict, dice: float) -> float | None:
     """Training + validation seconds until the run's validation mean Dice first reached ``dice`` (None: never)."""
     return next((h.get("seconds") for h in run["history"] if h["val_mean_dice"] >= dice), None)
+
+
+def steps_to_reach(run: dict, dice: float) -> int | None:
+    """The first validation step at which the run's validation mean Dice reached ``dice`` (None: never)."""
+    return next((h["step"] for h in run["history"] if h["val_mean_dice"] >= dice), None)
+
+
+def format_reach_table(runs: dict[str, Sequence[dict]], dice: float) -> str:
+    """
+    A Markdown table of how long each run took to reach validation mean Dice ``dice``: steps, training +
+    validation minutes, the run's precision and heads' rate, its best Dice, and its heads' Conv1 drift from the
+    identity at the end (``MHEXPlus.identity_drift``, deepest head first; empty for runs recorded before it).
+    """
+    head = ["run", "fold", "precision", "heads' lr", f"steps to {dice}", f"minutes to {dice}", "best Dice (step)"]
+    head.append("Conv1 drift at the end")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, group in runs.items():
+        for r in group:
+            step, sec = steps_to_reach(r, dice), seconds_to_reach(r, dice)
+            drift = r["history"][-1].get("conv1_drift") if r["history"] else None
+            cells = [label, str(r["fold"]), r.get("precision", "fp32"), str(r["recipe"].get("head_lr", 1.0))]
+            cells += ["not reached" if step is None else str(step), "" if sec is None else f"{sec / 60:.1f}"]
+            cells.append(f"{r['mean_dice']:.4f} ({r['best_step']})")
+            cells.append(", ".join(f"{d:.3f}" for d in drift) if drift else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def slow_starts(runs: Sequence[dict], step: int = 100, below: float = 0.4) -> tuple[int, int]:
