@@ -20,11 +20,13 @@ from eunets_monai.evaluation.compare import (
     case_id,
     class_dice_at,
     format_ablation_table,
+    format_reach_table,
     format_table,
     load_results,
     paired_test,
     run_study,
     seconds_to_reach,
+    steps_to_reach,
     study_splits,
     summarize,
     train_run,
@@ -278,6 +280,10 @@ def test_ablation_rows_count_slow_starts_and_pair_each_variant_with_the_plain_ru
     assert "| slow | EU-Net 2D | 0,1 |" in format_ablation_table(rows)
     assert seconds_to_reach(plain[0], 0.75) == 20.0 and seconds_to_reach(slow[0], 0.9) is None
     assert val_dice_at(plain[0], 200) == 0.8 and val_dice_at(plain[0], 300) is None
+    plain[0] |= {"recipe": {}, "mean_dice": 0.8, "best_step": 200, "precision": "bf16"}
+    table = format_reach_table({"run": plain[:1]}, 0.75)
+    assert "| run | 0 | bf16 | 1.0 | 200 | 0.3 | 0.8000 (200) |  |" in table  # 20 s = 0.3 min
+    assert steps_to_reach(plain[0], 0.9) is None
     two = [
         {"history": [{"step": 100, "val_class_dice": [0.2, 0.4]}]},
         {"history": [{"step": 100, "val_class_dice": [0.4, 0.6]}]},
