@@ -251,7 +251,7 @@ def test_history_has_per_class_and_per_head_curves_and_heads_keep_their_rate_in_
         assert len(h["train_head_dice"]) == 2 and all(len(level) == 2 for level in h["train_head_dice"])  # final+1
         assert len(h["conv1_drift"]) == 1 and h["conv1_drift"][0] > 0  # one head (2 levels), moved from I
     seconds = [h["seconds"] for h in res["history"]]
-    assert seconds == sorted(seconds) and seconds[-1] <= res["seconds"]
+    assert seconds == sorted(seconds) and seconds[-1] <= res["seconds"] + 0.05  # recorded to 0.1 s
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     body, heads = state["optimizer"]["param_groups"]
     # the cosine's last step (k = 1 of 2) from the base rate: 0.5 * 1e-3 * (1 + cos(pi / 2)); the heads at 0.1x
