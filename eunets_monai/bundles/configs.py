@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from eunets_monai.bundles.variants import Variant
 from eunets_monai.data import presets
-from eunets_monai.engine.optim import DEFAULT_HEAD_LR
+from eunets_monai.engine.optim import default_head_lr
 from eunets_monai.inference.explained import DEFAULT_UNCERTAINTY
 
 # As in MONAI's model-zoo bundles: the working directory is the bundle folder unless --bundle_root says otherwise.
@@ -243,7 +243,7 @@ def train_config(v: Variant) -> dict:
             "deep_supervision_weights": "exp",
             # The MHEX+ heads' learning rate as a multiple of learning_rate (eunets_monai.engine.optim: at the full
             # rate Adam turns each head's identity-started Conv1 into a random projection within a few hundred steps).
-            "head_lr": DEFAULT_HEAD_LR,
+            "head_lr": default_head_lr(v.spatial_dims),
             # Explicit: a new run starts afresh unless --resume true (then from the last checkpoint_epoch=N.pt).
             "resume": False,
             # auto: bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 on CUDA, float32 elsewhere;

@@ -17,7 +17,7 @@ from eunets_monai.bundles.variants import (
     training_calls,
 )
 from eunets_monai.data import presets
-from eunets_monai.engine.optim import DEFAULT_HEAD_LR
+from eunets_monai.engine.optim import default_head_lr
 
 
 def _a(word: str) -> str:
@@ -297,9 +297,10 @@ image's grid, argmax to a uint8 class map.
   weights 1, 0.5, 0.25, ... (halved per head from the shallowest, floored at 1/16; `--deep_supervision_weights
   two` = 1, 0.5, 0.5, ...; `same` = all 1). Loss choice `--loss_name dicece` (default) | `dice` | `ce` |
   `bcedice` (BCE + Dice with smoothing 1, paper 003 eqs. 10-11) | `focal`.
-- Adam (lr `--learning_rate 0.001`), the MHEX+ heads at `--head_lr` = {DEFAULT_HEAD_LR} times that rate (at
-  the full rate Adam turns each head's identity-started Conv1 into a random projection within a few hundred steps and
-  the EU-Net learns its second class late; `docs/RESULTS.md`, "The slow start"); `ReduceLROnPlateau` (factor 0.5,
+- Adam (lr `--learning_rate 0.001`), the MHEX+ heads at `--head_lr` = {default_head_lr(v.spatial_dims)} times that
+  rate (2D networks: 0.01, since at the full rate Adam turns each head's identity-started Conv1 into a random
+  projection within a few hundred steps and the 2D EU-Nets learnt their second class late; 3D networks: the full rate,
+  which measured better in 3D; `docs/RESULTS.md`, "The slow start"); `ReduceLROnPlateau` (factor 0.5,
   patience 5) and early stopping (patience 10) on the validation mean Dice (foreground classes); at most 50 epochs
   (`--max_epochs`), validation every epoch.
 - Mixed precision `--precision auto` (default): bfloat16 on CPUs with bf16 units (AVX512-BF16/AMX), float16 with

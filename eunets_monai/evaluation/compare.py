@@ -42,7 +42,7 @@ from tqdm import tqdm
 from eunets_monai.data.datalists import kfold_split, msd_datalist
 from eunets_monai.data.presets import get_inferer, get_task, get_transforms
 from eunets_monai.engine.losses import ds_warmup_scale, get_loss
-from eunets_monai.engine.optim import DEFAULT_HEAD_LR, param_groups
+from eunets_monai.engine.optim import default_head_lr, param_groups
 from eunets_monai.engine.outputs import final_output
 from eunets_monai.engine.precision import autocast, autocast_dtype, memory_format, precision_name
 from eunets_monai.networks import NETWORKS, get_network
@@ -122,8 +122,8 @@ class StudyConfig:
             ``get_loss``).
         ds_warmup: the heads' loss weights ramp linearly from 0 to full over the first ``ds_warmup`` steps
             (``ds_warmup_scale``; 0: full weight from the start).
-        head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate`` (``DEFAULT_HEAD_LR``, as in the
-            bundles; 1 is the recipe before the slow-start study).
+        head_lr: the MHEX+ heads' learning rate as a multiple of ``learning_rate``; None: the bundles' default for
+            ``spatial_dims`` (``default_head_lr``: 0.01 in 2D, 1 in 3D; 1 everywhere before the slow-start study).
         channels_last: train in the channels-last memory format (1.2-1.3x faster 2D training on this project's
             CPU, also under bfloat16; numerically equal up to float rounding, but part of the recipe since rounding
             differences grow over training).
@@ -162,7 +162,7 @@ class StudyConfig:
     deep_supervision: bool = True
     ds_weight_mode: str = "exp"
     ds_warmup: int = 0
-    head_lr: float = DEFAULT_HEAD_LR
+    head_lr: float | None = None
     head_init: str = "identity"
     residual_decoder: bool | None = None
     channels_last: bool = False
@@ -205,12 +205,17 @@ class StudyConfig:
         for key in ("networks", "variants", "folds", "device"):
             d.pop(key)
         d["precision"] = precision_name(self.autocast_dtype())
+        d["head_lr"] = self.heads_lr()
         legacy = {"anneal_steps": 0, "ds_weight_mode": "exp", "ds_warmup": 0, "head_lr": 1.0, "precision": "fp32"}
         legacy |= {"residual_decoder": None, "channels_last": False, "stop_at_dice": None}
         for key, value in legacy.items():
             if d[key] == value or (not mhex and key in HEAD_OPTIONS):
                 d.pop(key)
         return d
+
+    def heads_lr(self) -> float:
+        """The heads' learning-rate multiple: ``head_lr``, or the default for ``spatial_dims``."""
+        return default_head_lr(self.spatial_dims) if self.head_lr is None else self.head_lr
 
     def autocast_dtype(self) -> torch.dtype | None:
         """The forward pass's autocast dtype on ``device`` (``None``: float32)."""
@@ -409,7 +414,7 @@ def train_run(
     net = net.to(device, memory_format=memory_format(cfg.spatial_dims, cfg.channels_last))
     deep = cfg.deep_supervision and spec.mhex
     loss_fn = get_loss(cfg.loss, deep_supervision=deep, weight_mode=cfg.ds_weight_mode)
-    opt = torch.optim.Adam(param_groups(net, cfg.learning_rate, cfg.head_lr if spec.mhex else 1.0))
+    opt = torch.optim.Adam(param_groups(net, cfg.learning_rate, cfg.heads_lr() if spec.mhex else 1.0))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
     st = {"step": 0, "history": [], "best": -1.0, "best_step": 0, "best_state": None, "seconds": 0.0, "stale": 0}
     st["best_per_case"] = {}

@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from eunets_monai.data import presets
-from eunets_monai.engine.optim import DEFAULT_HEAD_LR
+from eunets_monai.engine.optim import default_head_lr
 from eunets_monai.engine.precision import AutocastInferer
 from tests.bundles.helpers import ALL_VARIANTS, BUNDLE_NAMES, SCHEMA, cli, configs
 
@@ -113,9 +113,14 @@ def test_train_config_gives_the_heads_their_rate_and_autocasts_both_engines(bund
     parser.read_config(str(configs(bundle) / "train.json"))
     parser.update({"network_def#channels": [8, 16, 32, 64], "device": "$torch.device('cpu')", "learning_rate": 2e-3})
     net, opt = parser.get_parsed_content("network_def"), parser.get_parsed_content("optimizer")
-    body, heads = opt.param_groups
-    assert heads["lr"] == pytest.approx(2e-3 * DEFAULT_HEAD_LR) and body["lr"] == pytest.approx(2e-3)
-    assert {id(p) for p in heads["params"]} == {id(p) for p in net.heads.parameters()}
+    rate = default_head_lr(VARIANTS[bundle].spatial_dims)
+    assert parser.get_parsed_content("head_lr") == rate
+    if rate == 1.0:  # one group at the full rate
+        assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == pytest.approx(2e-3)
+    else:
+        body, heads = opt.param_groups
+        assert heads["lr"] == pytest.approx(2e-3 * rate) and body["lr"] == pytest.approx(2e-3)
+        assert {id(p) for p in heads["params"]} == {id(p) for p in net.heads.parameters()}
     for key in ("train#inferer", "validate#inferer"):
         inferer = parser.get_parsed_content(key)
         assert isinstance(inferer, AutocastInferer) and inferer.precision == "auto", key

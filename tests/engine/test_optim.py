@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eunets_monai.engine.optim import param_groups
+from eunets_monai.engine.optim import default_head_lr, param_groups
 from eunets_monai.networks import get_network
 
 
@@ -45,3 +45,9 @@ def test_adam_steps_the_heads_at_their_rate_and_plateau_keeps_the_ratio():
     sched.step(1.0)
     sched.step(0.5)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-3, 5e-4])
+
+
+def test_default_head_lr_by_dimensionality():
+    assert default_head_lr(2) == 0.01 and default_head_lr(3) == 1.0
+    with pytest.raises(ValueError, match="spatial_dims"):
+        default_head_lr(1)
