@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -46,7 +45,7 @@ from eunets_monai.engine.optim import default_head_lr, param_groups
 from eunets_monai.engine.outputs import final_output
 from eunets_monai.engine.precision import autocast, autocast_dtype, memory_format, precision_name
 from eunets_monai.networks import NETWORKS, get_network
-from eunets_monai.utils import atomic_torch_save, atomic_write_text
+from eunets_monai.utils import atomic_torch_save, atomic_write_text, cpu_model
 
 __all__ = [
     "DISPLAY_NAMES",
@@ -57,6 +56,7 @@ __all__ = [
     "build_network",
     "count_parameters",
     "case_dice",
+    "label_map_dice",
     "batch_class_dice",
     "evaluate",
     "train_run",
@@ -359,20 +359,25 @@ def _anneal(opt: torch.optim.Optimizer, st: dict, cfg: StudyConfig) -> None:
         group["lr"] = rate * group.get("lr_scale", 1.0)
 
 
-def batch_class_dice(logits: torch.Tensor, label: torch.Tensor) -> list[float]:
+def label_map_dice(pred, gt, num_classes: int) -> list[float]:
     """
-    Dice per foreground class of a whole batch taken as one region: argmax of ``logits`` (B, K, *S) against the
-    class map ``label`` (B, 1, *S), ``2 |P & G| / (|P| + |G|)`` over all voxels of the batch (1.0 where a class is
-    absent from both). Cheap enough to log every head at every training step.
+    Dice per foreground class 1 .. ``num_classes`` - 1 of two class maps of one shape (numpy arrays or tensors),
+    ``2 |P & G| / (|P| + |G|)`` over all their voxels (1.0 where a class is absent from both).
     """
-    pred = logits.argmax(1)
-    gt = label[:, 0].long()
     out = []
-    for c in range(1, logits.shape[1]):
+    for c in range(1, num_classes):
         p, g = pred == c, gt == c
         denom = int(p.sum()) + int(g.sum())
         out.append(1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom)
     return out
+
+
+def batch_class_dice(logits: torch.Tensor, label: torch.Tensor) -> list[float]:
+    """
+    Dice per foreground class of a whole batch taken as one region: argmax of ``logits`` (B, K, *S) against the
+    class map ``label`` (B, 1, *S) (:py:func:`label_map_dice`). Cheap enough to log every head at every step.
+    """
+    return label_map_dice(logits.argmax(1), label[:, 0].long(), logits.shape[1])
 
 
 def train_run(
@@ -629,15 +634,7 @@ def machine_description(device: str = "cpu") -> str:
     """A one-line description of where a run ran (CPU model / GPU name, threads)."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} GPU"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores shared with other jobs"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores shared with other jobs"
 
 
 def load_results(out_dir: str | Path) -> list[dict]:

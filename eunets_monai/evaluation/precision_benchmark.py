@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,8 +40,10 @@ import torch
 
 from eunets_monai.engine.losses import get_loss
 from eunets_monai.engine.precision import autocast, autocast_dtype, cpu_has_bf16, to_channels_last
+from eunets_monai.evaluation.compare import label_map_dice
 from eunets_monai.inference.io import CaseInput, read_volume
 from eunets_monai.networks import get_network
+from eunets_monai.utils import cpu_model
 
 __all__ = [
     "SETTINGS",
@@ -106,20 +107,10 @@ def _baseline(settings: Sequence[str]) -> str:
     return "fp32" if "fp32" in settings else settings[0]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     """CPU model and cores, torch threads and version, the CPU's vector ISA and whether it has bf16 units."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -237,12 +228,7 @@ def labelled_cases(data_dir: str | os.PathLike, limit: int | None = None) -> lis
 
 def mask_dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> float:
     """Mean Dice over the foreground classes of two label maps (a class absent from both scores 1)."""
-    scores = []
-    for k in range(1, num_classes):
-        p, g = pred == k, label == k
-        denom = int(p.sum()) + int(g.sum())
-        scores.append(2.0 * int((p & g).sum()) / denom if denom else 1.0)
-    return float(np.mean(scores))
+    return float(np.mean(label_map_dice(pred, label, num_classes)))
 
 
 def _channels_last_predictor(predictor, spatial_dims: int):
