@@ -205,32 +205,32 @@ def cmd_ablation(args: argparse.Namespace) -> None:
         print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
 
 
-def cmd_curves(args: argparse.Namespace) -> None:
+def _labelled_runs(items: list[str]) -> dict[str, list[dict]]:
+    """``LABEL=DIR[#eu|#plain]`` arguments -> label: the finished (EU or plain) runs in DIR/raw."""
     from eunets_monai.evaluation.compare import load_results
-    from eunets_monai.evaluation.plots import plot_curves
 
     runs = {}
-    for item in args.run:
+    for item in items:
         label, sep, where = item.partition("=")
         out, _, variant = where.partition("#")
         found = [r for r in load_results(out) if not variant or r["mhex"] == (variant == "eu")]
         if not sep or variant not in ("", "eu", "plain") or not found:
             sys.exit(f"error: --run takes LABEL=DIR[#eu|#plain] with finished runs in DIR/raw, got {item!r}.")
         runs[label] = found
-    path = plot_curves(runs, args.png)
+    return runs
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from eunets_monai.evaluation.plots import plot_curves
+
+    path = plot_curves(_labelled_runs(args.run), args.png)
     print(f"wrote {path}" if path else "no per-class learning curves in these runs: no figure")
 
 
 def cmd_reach(args: argparse.Namespace) -> None:
-    from eunets_monai.evaluation.compare import format_reach_table, load_results
+    from eunets_monai.evaluation.compare import format_reach_table
 
-    runs = {}
-    for item in args.run:
-        label, sep, out = item.partition("=")
-        if not sep or not load_results(out):
-            sys.exit(f"error: --run takes LABEL=DIR with finished runs in DIR/raw, got {item!r}.")
-        runs[label] = load_results(out)
-    print(format_reach_table(runs, args.dice))
+    print(format_reach_table(_labelled_runs(args.run), args.dice))
 
 
 def cmd_ship(args: argparse.Namespace) -> None:
@@ -347,7 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_curves)
     p = sub.add_parser("reach", help="steps and minutes each run took to reach a validation mean Dice")
     p.add_argument("--dice", type=float, required=True, help="the target validation mean Dice, e.g. 0.87")
-    p.add_argument("--run", nargs="+", required=True, help="LABEL=DIR: the finished runs in DIR/raw under LABEL")
+    p.add_argument(
+        "--run", nargs="+", required=True, help="LABEL=DIR[#eu|#plain]: the finished runs in DIR/raw under LABEL"
+    )
     p.set_defaults(func=cmd_reach)
     p = sub.add_parser("ship", help="train a hippocampus bundle's shipped model")
     p.add_argument("bundle", help="eunet_hippocampus | eunetpp_hippocampus | ahf_eunet_hippocampus | ...")
